@@ -1,0 +1,116 @@
+"""Archive index: which files hold the scene of a sensor at a date/time.
+
+Walks a directory tree once, recognises real operational file names with the patterns of
+``configs/sensors.yaml`` (trollsift syntax, as satpy uses), maps each file to its nominal slot,
+and groups files of one slot (FCI's 40 body chunks, VIIRS observation + geolocation) into one
+scene.  ``find`` picks the nearest slot within a tolerance and says clearly when there is none.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trollsift import Parser
+
+from ..errors import ArchiveError, CloudSRError
+from .sensors import Registry, Sensor
+
+DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y%m%dT%H%M", "%Y%m%d%H%M", "%Y-%m-%d")
+
+
+def parse_date(text: str) -> dt.datetime:
+    """Parse a command-line date (ISO ``2024-06-01T12:00`` and a few compact forms), naive UTC."""
+    t = text.strip().rstrip("Z")
+    for fmt in DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(t, fmt)
+        except ValueError:
+            continue
+    raise CloudSRError(f"date '{text}': unknown date format (use e.g. 2024-06-01T12:00)")
+
+
+_EVERY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h|hour|d|day)s?\s*$")
+
+
+def parse_every(text: str) -> dt.timedelta:
+    """``15min``, ``1h``, ``30s``, ``1d`` -> timedelta."""
+    m = _EVERY.match(text)
+    if not m:
+        raise CloudSRError(f"interval '{text}': expected e.g. 15min, 1h, 1d")
+    n, unit = float(m.group(1)), m.group(2)
+    seconds = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}[unit]
+    if n <= 0:
+        raise CloudSRError(f"interval '{text}': must be positive")
+    return dt.timedelta(seconds=n * seconds)
+
+
+@dataclass
+class SceneFiles:
+    sensor: str
+    formats: tuple[str, ...]
+    time: dt.datetime          # nominal slot
+    files: list[Path] = field(default_factory=list)
+
+
+def _round_to_slot(t: dt.datetime, minutes: float) -> dt.datetime:
+    step = dt.timedelta(minutes=minutes)
+    base = dt.datetime(t.year, t.month, t.day)
+    n = round((t - base) / step)
+    return base + n * step
+
+
+class ArchiveIndex:
+    def __init__(self, root: str | Path, registry: Registry):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ArchiveError(f"{self.root}: archive directory does not exist")
+        self.registry = registry
+        self._parsers = [(s, fname, Parser(p), f) for s in registry.sensors.values()
+                         for fname, f in s.formats.items() for p in f.patterns]
+        self.entries: dict[tuple[str, str], dict[dt.datetime, list[Path]]] = defaultdict(lambda: defaultdict(list))
+        for dirpath, _dirs, names in os.walk(self.root):
+            for name in names:
+                if not name.startswith("."):  # temporary files of writers in progress
+                    self._add(Path(dirpath) / name)
+
+    def _add(self, path: Path) -> None:
+        for sensor, fmt_name, parser, fmt in self._parsers:
+            try:
+                info = parser.parse(path.name)
+            except ValueError:
+                continue
+            t = info[fmt.time_key] + dt.timedelta(seconds=fmt.time_offset_s)
+            if sensor.kind == "geostationary":
+                t = _round_to_slot(t, sensor.repeat_cycle_minutes)
+            self.entries[(sensor.name, fmt_name)][t].append(path)
+            return
+
+    def times(self, sensor: str, formats: list[str]) -> list[dt.datetime]:
+        """Slots for which every one of ``formats`` has files."""
+        sets = [set(self.entries[(sensor, f)]) for f in formats]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def scene(self, sensor: str, formats: list[str], t: dt.datetime) -> SceneFiles:
+        files = sorted(p for f in formats for p in self.entries[(sensor, f)].get(t, []))
+        return SceneFiles(sensor, tuple(formats), t, files)
+
+    def find(self, sensor: str, formats: list[str], when: dt.datetime,
+             tolerance: dt.timedelta | None = None) -> SceneFiles:
+        """Nearest scene to ``when`` within ``tolerance`` (default: half a repeat cycle)."""
+        s: Sensor = self.registry.sensor(sensor)
+        tol = tolerance if tolerance is not None else dt.timedelta(minutes=s.repeat_cycle_minutes / 2)
+        times = self.times(sensor, formats)
+        if not times:
+            raise ArchiveError(f"{self.root}: no {sensor} ({'+'.join(formats)}) files in the archive")
+        best = min(times, key=lambda t: abs(t - when))
+        if abs(best - when) > tol:
+            raise ArchiveError(f"{self.root}: no {sensor} scene within {tol} of {when.isoformat()} "
+                               f"(nearest: {best.isoformat()})")
+        return self.scene(sensor, formats, best)
+
+    def between(self, sensor: str, formats: list[str], start: dt.datetime, end: dt.datetime) -> list[SceneFiles]:
+        return [self.scene(sensor, formats, t) for t in self.times(sensor, formats) if start <= t <= end]

@@ -1,0 +1,201 @@
+"""Training pairs: co-locate LR and HR scenes, reproject, cut patches, write shards.
+
+For every LR slot with an HR scene within ``max_dt_minutes``:
+  1. read both through satpy into canonical scenes (pair channels only);
+  2. crop the LR window to the HR coverage and build the HR target grid = LR grid x ``scale``;
+  3. reproject the HR scene (swath or geostationary) onto it with pyresample (Gaussian-weighted
+     kd-tree: an area average, not a point sample, since HR pixels are smaller than the target's);
+  4. slide a ``patch_lr`` window with ``stride_lr``; keep patches whose LR and HR are at least
+     ``min_valid`` valid -> ``pairs`` shards (Stage 1); HR-only patches -> ``hr`` shards (Stage 2).
+Every ``holdout_every``-th slot goes to the ``val`` split.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .. import __version__
+from ..config import dump_yaml
+from ..errors import ArchiveError, CloudSRError, InputError
+from ..schema import PairsConfig
+from .geometry import GeosGrid, lonlat_to_geos
+from .index import ArchiveIndex
+from .readers import read_files
+from .scene import channel_names, scene_grid
+from .sensors import Registry, SensorPair
+from .shards import ShardWriter
+
+log = logging.getLogger(__name__)
+
+
+def hr_coverage_window(lr_grid: GeosGrid, hr: xr.Dataset, margin: int = 1) -> GeosGrid | None:
+    """The LR sub-window covering the valid HR data (None if they do not overlap)."""
+    valid = np.zeros(hr[channel_names(hr)[0]].shape, bool)
+    for c in channel_names(hr):
+        valid |= np.isfinite(hr[c].values)
+    hg = scene_grid(hr)
+    if hg is None:
+        x, y = lonlat_to_geos(hr["lon"].values[valid], hr["lat"].values[valid], lr_grid)
+    else:
+        xx, yy = np.meshgrid(hg.x, hg.y)
+        x, y = xx[valid], yy[valid]
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    cols = (x[ok] - lr_grid.extent[0]) / lr_grid.step
+    rows = (lr_grid.extent[3] - y[ok]) / lr_grid.step
+    r0 = max(0, int(np.floor(rows.min())) - margin)
+    c0 = max(0, int(np.floor(cols.min())) - margin)
+    r1 = min(lr_grid.nrows, int(np.ceil(rows.max())) + margin)
+    c1 = min(lr_grid.ncols, int(np.ceil(cols.max())) + margin)
+    if r1 - r0 < 1 or c1 - c0 < 1:
+        return None
+    return lr_grid.window(r0, c0, r1 - r0, c1 - c0)
+
+
+def reproject_to_grid(hr: xr.Dataset, target: GeosGrid, radius_px: float = 2.0) -> dict[str, np.ndarray]:
+    """HR scene -> target geostationary grid (Gaussian-weighted kd-tree average, NaN where empty)."""
+    from pyresample import kd_tree
+    from pyresample.geometry import SwathDefinition
+    chans = channel_names(hr)
+    hg = scene_grid(hr)
+    if hg is None:
+        src = SwathDefinition(lons=hr["lon"].values.astype(np.float64), lats=hr["lat"].values.astype(np.float64))
+        src_res = float(np.nanmedian(np.hypot(*np.gradient(lonlat_to_geos(hr["lon"].values, hr["lat"].values, target)[0]))))
+    else:
+        src = hg.area_definition("hr_source")
+        src_res = hg.step
+    data = np.ma.masked_invalid(np.stack([hr[c].values for c in chans], axis=-1).astype(np.float64))
+    # footprint of a target pixel: sigma ~ half its size, but never narrower than the source pixel
+    sigma = max(target.step, src_res) / 2.0
+    out = kd_tree.resample_gauss(src, data, target.area_definition("hr_target"),
+                                 radius_of_influence=radius_px * max(target.step, src_res),
+                                 sigmas=[sigma] * len(chans), neighbours=16, fill_value=None,
+                                 reduce_data=True, nprocs=1)
+    out = np.ma.filled(np.ma.asarray(out).astype(np.float32), np.nan)
+    if out.ndim == 2:
+        out = out[..., None]
+    return {c: out[..., i] for i, c in enumerate(chans)}
+
+
+def patch_origins(n: int, patch: int, stride: int) -> list[int]:
+    """Start offsets covering [0, n) with the last patch flush with the end."""
+    if n < patch:
+        return []
+    starts = list(range(0, n - patch + 1, stride))
+    if starts[-1] != n - patch:
+        starts.append(n - patch)
+    return starts
+
+
+@dataclass
+class PairStats:
+    slots: int = 0
+    pairs: int = 0
+    hr_patches: int = 0
+    skipped: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def patches_per_s(self) -> float:
+        return (self.pairs + self.hr_patches) / self.seconds if self.seconds else 0.0
+
+
+class PairBuilder:
+    def __init__(self, registry: Registry, pair: SensorPair, archive: str | Path, out: str | Path,
+                 cfg: PairsConfig):
+        self.reg, self.pair, self.cfg = registry, pair, cfg
+        self.index = ArchiveIndex(archive, registry)
+        self.out = Path(out)
+        self.lr_sensor, self.hr_sensor = registry.sensor(pair.lr), registry.sensor(pair.hr)
+
+    def _attrs(self) -> dict:
+        lo_hr, hi_hr = self.reg.norm_arrays(self.pair.hr, self.pair.hr_channels)
+        lo_lr, hi_lr = self.reg.norm_arrays(self.pair.lr, self.pair.lr_channels)
+        return {"pair": self.pair.name, "scale": self.pair.scale, "lr_sensor": self.pair.lr,
+                "hr_sensor": self.pair.hr, "lr_channels": self.pair.lr_channels,
+                "hr_channels": self.pair.hr_channels, "norm_hr": [lo_hr.tolist(), hi_hr.tolist()],
+                "norm_lr": [lo_lr.tolist(), hi_lr.tolist()], "patch_lr": self.cfg.patch_lr,
+                "config": dump_yaml(self.cfg), "cloudsr_hpc_version": __version__}
+
+    def matches(self, start: dt.datetime | None = None, end: dt.datetime | None = None):
+        """(LR scene files, HR scene files) pairs within the time tolerance, optionally in [start, end]."""
+        lr_times = self.index.times(self.pair.lr, self.pair.lr_formats)
+        if not lr_times:
+            raise ArchiveError(f"{self.index.root}: no {self.pair.lr} files for pair {self.pair.name}")
+        hr_times = self.index.times(self.pair.hr, self.pair.hr_formats)
+        tol = dt.timedelta(minutes=self.pair.max_dt_minutes)
+        out = []
+        for t in lr_times:
+            if (start and t < start) or (end and t > end):
+                continue
+            near = [h for h in hr_times if abs(h - t) <= tol]
+            if near:
+                h = min(near, key=lambda h: abs(h - t))
+                out.append((self.index.scene(self.pair.lr, self.pair.lr_formats, t),
+                            self.index.scene(self.pair.hr, self.pair.hr_formats, h)))
+        return out
+
+    def colocate(self, lr_files, hr_files) -> tuple[np.ndarray, np.ndarray, GeosGrid] | None:
+        """(LR (C,h,w), HR on LR x scale (C,h*s,w*s), LR window) of one pair; None if disjoint."""
+        lr = read_files(lr_files.files, self.lr_sensor, self.pair.lr_formats, self.pair.lr_channels)
+        hr = read_files(hr_files.files, self.hr_sensor, self.pair.hr_formats, self.pair.hr_channels)
+        grid = hr_coverage_window(scene_grid(lr), hr)
+        if grid is None:
+            return None
+        full = scene_grid(lr)
+        r0, c0 = grid.row0 - full.row0, grid.col0 - full.col0
+        lr_arr = np.stack([lr[c].values[r0:r0 + grid.nrows, c0:c0 + grid.ncols] for c in self.pair.lr_channels])
+        hr_vals = reproject_to_grid(hr, grid.scaled(self.pair.scale), self.cfg.resampler_radius_hr_px)
+        hr_arr = np.stack([hr_vals[c] for c in self.pair.hr_channels])
+        return lr_arr, hr_arr, grid
+
+    def run(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> PairStats:
+        t0 = time.perf_counter()
+        stats = PairStats()
+        attrs = self._attrs()
+        c = self.cfg
+        writers = {(split, kind): ShardWriter(self.out / split, kind, c.shard_size, attrs, c.compression,
+                                              c.compression_level)
+                   for split in ("train", "val") for kind in ("pairs", "hr")}
+        s, p = self.pair.scale, c.patch_lr
+        for n, (lr_files, hr_files) in enumerate(self.matches(start, end)):
+            split = "val" if n % c.holdout_every == c.holdout_every - 1 else "train"
+            try:
+                got = self.colocate(lr_files, hr_files)
+            except CloudSRError as e:  # one bad scene never stops the run: record it, go on
+                log.error("%s", e)
+                stats.skipped.append(str(e))
+                continue
+            if got is None:
+                stats.skipped.append(f"{lr_files.time.isoformat()}: HR scene does not overlap the LR window")
+                continue
+            lr, hr, grid = got
+            stats.slots += 1
+            sources = [f.name for f in lr_files.files + hr_files.files]
+            for r in patch_origins(grid.nrows, p, c.stride_lr):
+                for q in patch_origins(grid.ncols, p, c.stride_lr):
+                    lp = lr[:, r:r + p, q:q + p]
+                    hp = hr[:, r * s:(r + p) * s, q * s:(q + p) * s]
+                    hr_ok = np.isfinite(hp).all(axis=0).mean()
+                    if hr_ok >= c.stage2_min_valid:
+                        writers[(split, "hr")].add(hp, lr_files.time, grid.row0 + r, grid.col0 + q, sources)
+                        stats.hr_patches += 1
+                    if hr_ok >= c.min_valid and np.isfinite(lp).all(axis=0).mean() >= c.min_valid:
+                        writers[(split, "pairs")].add(hp, lr_files.time, grid.row0 + r, grid.col0 + q, sources, lr=lp)
+                        stats.pairs += 1
+        for w in writers.values():
+            w.flush()
+            stats.shards += [str(x) for x in w.written]
+        stats.seconds = time.perf_counter() - t0
+        if stats.pairs == 0:
+            raise InputError(f"{self.index.root}: no valid {self.pair.name} pairs found "
+                             f"({len(stats.skipped)} scene(s) skipped)")
+        return stats

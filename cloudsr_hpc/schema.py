@@ -1,0 +1,164 @@
+"""The shapes of the YAML files under ``configs/`` (validated by :mod:`cloudsr_hpc.config`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import require
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic archive (embedded default)."""
+    seed: int = 0
+    size: Literal["small", "full"] = "small"
+    every_minutes: float = 15.0
+
+
+@dataclass
+class PairsConfig:
+    """Cutting co-located scenes into training patches and HDF5 shards."""
+    patch_lr: int = 32                 # LR patch side [px]; HR side = patch_lr * scale
+    stride_lr: int = 24                # < patch_lr: overlapping patches
+    min_valid: float = 0.95            # drop patches with a smaller fraction of valid pixels
+    shard_size: int = 256              # patches per shard
+    compression: Literal["gzip", "lzf", "none"] = "gzip"
+    compression_level: int = 4
+    stage2_min_valid: float = 0.95     # HR-only patches (Stage 2)
+    holdout_every: int = 5             # every Nth slot goes to the validation split
+    resampler_radius_hr_px: float = 2.0  # pyresample search radius, HR target pixels
+    workers: int = 1
+
+    def validate(self, where):
+        require(self.patch_lr >= 4, where, "patch_lr must be >= 4")
+        require(0 < self.stride_lr <= self.patch_lr, where, "stride_lr must be in (0, patch_lr]")
+        require(0.0 < self.min_valid <= 1.0, where, "min_valid must be in (0, 1]")
+        require(self.shard_size >= 1, where, "shard_size must be >= 1")
+        require(self.holdout_every >= 2, where, "holdout_every must be >= 2")
+
+
+@dataclass
+class DegradationConfig:
+    """Stage 2's synthetic HR -> LR degradation, drawn per sample."""
+    blur_sigma_lr_px: tuple[float, float] = (0.4, 0.8)   # Gaussian PSF sigma, in LR pixels
+    shift_lr_px: float = 0.25                             # max |sub-pixel shift|, LR pixels
+    noise_std: tuple[float, float] = (0.0, 0.01)          # in normalised units ([-1, 1] range)
+    quantisation_levels: int = 0                          # 0 = off; e.g. 1024 for 10-bit counts
+    seed: int = 0
+
+    def validate(self, where):
+        require(0 <= self.blur_sigma_lr_px[0] <= self.blur_sigma_lr_px[1], where, "blur_sigma_lr_px: need 0 <= lo <= hi")
+        require(0 <= self.noise_std[0] <= self.noise_std[1], where, "noise_std: need 0 <= lo <= hi")
+        require(self.shift_lr_px >= 0, where, "shift_lr_px must be >= 0")
+        require(self.quantisation_levels == 0 or self.quantisation_levels >= 2, where,
+                "quantisation_levels must be 0 (off) or >= 2")
+
+
+@dataclass
+class DataConfig:
+    pair: str = "seviri_viirs"
+    shards: str = "runs/pairs/seviri_viirs"
+    split: Literal["train", "val"] = "train"
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    base_channels: int = 32
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    attention_levels: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 4
+    kappa: float = 1.0
+    eta_min: float = 0.04 ** 2
+    eta_max: float = 0.99
+    power: float = 0.3
+    grad_loss_weight: float = 0.0
+    spectral_loss_weight: float = 0.0
+
+    def validate(self, where):
+        require(1 <= self.steps <= 15, where, "steps must be between 1 and 15")
+        require(0 < self.eta_min < self.eta_max < 1, where, "need 0 < eta_min < eta_max < 1")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 2e-4
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    zero_stage: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    val_every: int = 50
+    ckpt_every: int = 50
+    log_every: int = 10
+    out_dir: str = "runs/stage1"
+
+    def validate(self, where):
+        require(self.zero_stage in (0, 1, 2), where, "zero_stage must be 0, 1 or 2")
+        require(self.batch_size >= 1 and self.steps >= 1, where, "batch_size and steps must be >= 1")
+        require(self.lr > 0, where, "lr must be > 0")
+
+
+@dataclass
+class StageConfig:
+    """``configs/stage1.yaml`` / ``stage2.yaml``."""
+    stage: Literal[1, 2, "regression"] = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    init_from: str | None = None
+
+
+@dataclass
+class InferConfig:
+    """``configs/infer.yaml``."""
+    pair: str = "seviri_viirs"
+    tile_lr: int = 128
+    overlap_lr: int = 16
+    batch_size: int = 8
+    stages: Literal["1", "2", "cascade"] = "cascade"
+    window: Literal["hann", "gaussian"] = "hann"
+    seed: int = 0
+    chunk: int = 512
+    packing: Literal["float32", "uint16"] = "float32"
+    quicklook: bool = True
+    stage1_checkpoint: str = "runs/stage1/export/model.pt"
+    stage2_checkpoint: str = "runs/stage2/export/model.pt"
+    out_dir: str = "runs/infer"
+
+    def validate(self, where):
+        require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
+        require(self.overlap_lr >= 0, where, "overlap_lr must be >= 0")
+
+
+@dataclass
+class ClusterProfile:
+    """``configs/cluster/<name>.yaml``: what a site needs in its job scripts."""
+    executor: Literal["slurm", "local", "debug"] = "slurm"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: int = 0
+    time_minutes: int = 60
+    setup: list[str] = field(default_factory=list)   # module load / conda activate lines
+    array_parallelism: int = 8
+
+
+@dataclass
+class PairsFile:
+    """``configs/pairs.yaml``."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
