@@ -1,0 +1,91 @@
+import pytest
+
+from cloudsr_hpc.config import load
+from cloudsr_hpc.data.sensors import load_registry
+from cloudsr_hpc.errors import ConfigError
+from cloudsr_hpc.schema import ClusterProfile, InferConfig, PairsFile, StageConfig
+
+
+@pytest.mark.parametrize("name,cls", [("stage1.yaml", StageConfig), ("stage2.yaml", StageConfig),
+                                      ("infer.yaml", InferConfig), ("pairs.yaml", PairsFile),
+                                      ("cluster/local.yaml", ClusterProfile),
+                                      ("cluster/example-gpu.yaml", ClusterProfile)])
+def test_shipped_configs_validate(name, cls):
+    assert isinstance(load(cls, name), cls)
+
+
+def test_override_sets_nested_value_with_yaml_types():
+    cfg = load(StageConfig, "stage1.yaml", ["train.lr=1e-4", "model.channel_mult=[1,2]", "train.zero_stage=2"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.model.channel_mult == [1, 2]
+    assert cfg.train.zero_stage == 2
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lrr=1", "train.lrr: unknown key"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("train.zero_stage=3", "zero_stage must be 0, 1 or 2"),
+    ("train.batch_size=2.5", "train.batch_size: expected an integer"),
+    ("diffusion.steps=40", "steps must be between 1 and 15"),
+])
+def test_bad_values_name_file_and_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load(StageConfig, "stage1.yaml", [override])
+    assert needle in str(e.value)
+    assert "stage1.yaml" in str(e.value)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  lr: [1, 2\n  steps: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load(StageConfig, p)
+    msg = str(e.value)
+    assert str(p) in msg and "malformed YAML" in msg and "line" in msg
+    assert "\n" not in msg
+
+
+def test_registry_pairs_and_channels():
+    reg = load_registry()
+    sv = reg.pair("seviri_viirs")
+    assert sv.scale == 4 and sv.lr_channels[0] == "VIS006" and sv.hr_channels[-1] == "I05"
+    ch = reg.sensor("seviri").channel("IR_108")
+    assert ch.quantity == "brightness_temperature" and ch.units == "K"
+    assert ch.denormalise(ch.normalise(273.0)) == pytest.approx(273.0)
+    with pytest.raises(ConfigError, match="unknown sensor 'goes'"):
+        reg.sensor("goes")
+
+
+def test_registry_rejects_bad_pair(tmp_path):
+    text = (load_registry().source and open(load_registry().source).read())
+    bad = tmp_path / "sensors.yaml"
+    bad.write_text(text.replace("[IR_108, I05]", "[IR_108, I99]"))
+    with pytest.raises(ConfigError, match=r"pairs.seviri_viirs.channels\[4\].*'I99' is not a viirs channel"):
+        load_registry(bad)
+    bad.write_text(text.replace("scale: 4\n    max_dt_minutes: 10\n    simulate:\n      hr_dt_minutes: 4.0",
+                                "scale: 5\n    max_dt_minutes: 10\n    simulate:\n      hr_dt_minutes: 4.0"))
+    with pytest.raises(ConfigError, match="scale: must be 2, 3, 4 or 8"):
+        load_registry(bad)
+
+
+def test_adding_a_sensor_is_yaml_only(tmp_path):
+    text = open(load_registry().source).read()
+    abi = """
+  abi:
+    long_name: GOES-16 ABI
+    platforms: [GOES-16]
+    kind: geostationary
+    sub_lon: -75.2
+    full_disk: 5424
+    repeat_cycle_minutes: 10
+    formats:
+      l1b:
+        reader: abi_l1b
+        patterns: ['OR_ABI-L1b-RadF-M6C{channel:02d}_G16_s{start_time:%Y%j%H%M%S%f}_e{end_time}_c{creation}.nc']
+    channels:
+      C13: {wavelength_um: 10.3, quantity: brightness_temperature, norm: [190.0, 320.0], resolution_m: 2000.0}
+"""
+    p = tmp_path / "sensors.yaml"
+    p.write_text(text.replace("\npairs:", abi + "\npairs:"))
+    reg = load_registry(p)
+    assert reg.sensor("abi").channel("C13").resolution_m == 2000.0
