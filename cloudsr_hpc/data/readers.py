@@ -95,7 +95,9 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], ch
     start = scn.start_time
     platform = str(scn[channels[0]].attrs.get("platform_name", ""))
     if sensor.kind == "geostationary":
-        grid, fr, fc = _grid_from_area(area, sensor)
+        with warnings.catch_warnings():  # pyproj warns that a PROJ dict loses information: not ours
+            warnings.simplefilter("ignore")
+            grid, fr, fc = _grid_from_area(area, sensor)
         values = {c: _orient(v, fr, fc) for c, v in values.items()}
         ds = make_scene(values, sensor, start, grid=grid, platform=platform, source_files=[Path(f).name for f in files])
     else:
