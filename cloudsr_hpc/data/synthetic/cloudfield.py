@@ -39,6 +39,7 @@ class CloudFieldSpec:
     wind_ms: tuple[float, float] = (12.0, 3.0)  # (east, north) advection [m/s]
     evolution_hours: float = 3.0  # decorrelation time of the largest scales
     outer_scale_m: float = 400e3  # spectrum flattens above this scale
+    warp_m: float = 25e3          # RMS shear displacement (filaments); 0 = isotropic field
 
 
 def _freqs(n: int, step: float) -> np.ndarray:
@@ -127,12 +128,35 @@ class CloudScene:
                 g = ndimage.map_coordinates(g, [r, c], order=3, mode="wrap").astype(np.float32)
                 g += self.fine[name].render(t, self.spec.wind_ms, rate)
             out[name] = g / self._std[name]
+        out["cloud"] = self._warp(out["cloud"], raster, t, rate)
         land = self.land.render(0.0, (0.0, 0.0), 0.0)
         if raster is not self.domain:
             r, c = _subgrid_coords(self.domain, raster)
             land = ndimage.map_coordinates(land, [r, c], order=1, mode="wrap")
         out["land"] = (land / land.std() > 0.4).astype(np.float32)
         return out
+
+    def _warp(self, g: np.ndarray, raster: GeosGrid, t: float, rate: float) -> np.ndarray:
+        """Stretch the cloud field along the streamlines of a smooth, divergence-free flow.
+
+        Gaussian fields are isotropic blobs; real cloud fields have filaments and streets, made
+        by shear.  The displacement d ~ (ds/dy, -ds/dx) of a smooth stream function s (the
+        large-scale part of ``top``), scaled to an RMS of ``warp_m``, is computed on the coarse
+        raster only, so LR and HR warp alike.  Smoothing s keeps the strain below one (no folds)."""
+        if self.spec.warp_m <= 0:
+            return g
+        s = self.coarse["top"].render(t, self.spec.wind_ms, rate)
+        s = ndimage.gaussian_filter(s, 40e3 / self.domain.step, mode="wrap")
+        ds_drow, ds_dcol = np.gradient(s)
+        norm = self.spec.warp_m / max(float(np.sqrt(np.mean(ds_drow ** 2 + ds_dcol ** 2))), 1e-12)
+        d_east, d_north = -ds_drow * norm, -ds_dcol * norm  # d/dy = -d/drow (rows run south)
+        if raster is not self.domain:
+            r, c = _subgrid_coords(self.domain, raster)
+            d_east = ndimage.map_coordinates(d_east, [r, c], order=1, mode="wrap")
+            d_north = ndimage.map_coordinates(d_north, [r, c], order=1, mode="wrap")
+        rows, cols = np.meshgrid(np.arange(raster.nrows), np.arange(raster.ncols), indexing="ij")
+        src = [rows + d_north / raster.step, cols - d_east / raster.step]  # g(p - d)
+        return ndimage.map_coordinates(g, src, order=1, mode="nearest").astype(np.float32)
 
     def physical(self, raster: GeosGrid, when: dt.datetime) -> dict[str, np.ndarray]:
         """Geophysical state on ``raster``: tau, cloud-top T, surface T/albedo, cos(SZA), lon/lat.
