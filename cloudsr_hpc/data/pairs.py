@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,26 +60,62 @@ def hr_coverage_window(lr_grid: GeosGrid, hr: xr.Dataset, margin: int = 1) -> Ge
     return lr_grid.window(r0, c0, r1 - r0, c1 - c0)
 
 
+def _lonlat_bbox(grid: GeosGrid, margin_deg: float = 0.5) -> tuple[float, float, float, float]:
+    """Lon/lat box around the on-disk part of a window (crops the HR scene before it is computed)."""
+    lon, lat = grid.lonlat()
+    return (float(np.nanmin(lon)) - margin_deg, float(np.nanmin(lat)) - margin_deg,
+            float(np.nanmax(lon)) + margin_deg, float(np.nanmax(lat)) + margin_deg)
+
+
 def reproject_to_grid(hr: xr.Dataset, target: GeosGrid, radius_px: float = 2.0) -> dict[str, np.ndarray]:
-    """HR scene -> target geostationary grid (Gaussian-weighted kd-tree average, NaN where empty)."""
-    from pyresample import kd_tree
-    from pyresample.geometry import SwathDefinition
+    """HR scene (swath or geostationary) -> target grid, NaN where no valid source pixel falls.
+
+    A source finer than the target (VIIRS 375 m, FCI 500 m onto 750 m) is *area averaged*: every
+    valid source pixel is added to the target pixel its centre falls in (what a coarser detector
+    would integrate).  A coarser source falls back to a Gaussian-weighted kd-tree (pyresample)."""
     chans = channel_names(hr)
     hg = scene_grid(hr)
     if hg is None:
-        src = SwathDefinition(lons=hr["lon"].values.astype(np.float64), lats=hr["lat"].values.astype(np.float64))
-        src_res = float(np.nanmedian(np.hypot(*np.gradient(lonlat_to_geos(hr["lon"].values, hr["lat"].values, target)[0]))))
+        lon, lat = hr["lon"].values, hr["lat"].values
     else:
-        src = hg.area_definition("hr_source")
-        src_res = hg.step
-    data = np.ma.masked_invalid(np.stack([hr[c].values for c in chans], axis=-1).astype(np.float64))
-    # footprint of a target pixel: sigma ~ half its size, but never narrower than the source pixel
-    sigma = max(target.step, src_res) / 2.0
-    out = kd_tree.resample_gauss(src, data, target.area_definition("hr_target"),
-                                 radius_of_influence=radius_px * max(target.step, src_res),
-                                 sigmas=[sigma] * len(chans), neighbours=16, fill_value=None,
-                                 reduce_data=True, nprocs=1)
-    out = np.ma.filled(np.ma.asarray(out).astype(np.float32), np.nan)
+        lon, lat = hg.lonlat()
+    x, y = lonlat_to_geos(lon, lat, target)
+    src_res = float(np.nanmedian(np.abs(np.diff(x, axis=1))))
+    if src_res < target.step:
+        return {c: bucket_average(x, y, hr[c].values, target) for c in chans}
+    return _kd_gauss(hr, chans, hg, target, src_res, radius_px)
+
+
+def bucket_average(x: np.ndarray, y: np.ndarray, values: np.ndarray, target: GeosGrid) -> np.ndarray:
+    """Mean of the valid ``values`` whose projection point (x, y) falls in each target pixel."""
+    x0, _, _, y1 = target.extent
+    cols = np.floor((x - x0) / target.step)
+    rows = np.floor((y1 - y) / target.step)
+    ok = np.isfinite(values) & (cols >= 0) & (cols < target.ncols) & (rows >= 0) & (rows < target.nrows)
+    idx = (rows[ok] * target.ncols + cols[ok]).astype(np.int64)
+    n = target.nrows * target.ncols
+    total = np.bincount(idx, values[ok].astype(np.float64), minlength=n)
+    count = np.bincount(idx, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, total / count, np.nan)
+    return out.reshape(target.shape).astype(np.float32)
+
+
+def _kd_gauss(hr, chans, hg, target, src_res, radius_px):
+    from pyresample import kd_tree
+    from pyresample.geometry import SwathDefinition
+    src = (SwathDefinition(lons=hr["lon"].values.astype(np.float64), lats=hr["lat"].values.astype(np.float64))
+           if hg is None else hg.area_definition("hr_source"))
+    stack = np.stack([hr[c].values for c in chans], axis=-1).astype(np.float64)
+    # masked pixels must hold finite numbers: pyresample weights them by zero, and 0 * NaN = NaN
+    data = np.ma.array(np.nan_to_num(stack), mask=~np.isfinite(stack))
+    sigma = src_res / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = kd_tree.resample_gauss(src, data, target.area_definition("hr_target"),
+                                     radius_of_influence=radius_px * src_res, sigmas=[sigma] * len(chans),
+                                     neighbours=8, fill_value=None, reduce_data=True, nprocs=1)
+    out = np.ma.filled(np.ma.asarray(out), np.nan).astype(np.float32)
     if out.ndim == 2:
         out = out[..., None]
     return {c: out[..., i] for i, c in enumerate(chans)}
@@ -146,7 +183,8 @@ class PairBuilder:
     def colocate(self, lr_files, hr_files) -> tuple[np.ndarray, np.ndarray, GeosGrid] | None:
         """(LR (C,h,w), HR on LR x scale (C,h*s,w*s), LR window) of one pair; None if disjoint."""
         lr = read_files(lr_files.files, self.lr_sensor, self.pair.lr_formats, self.pair.lr_channels)
-        hr = read_files(hr_files.files, self.hr_sensor, self.pair.hr_formats, self.pair.hr_channels)
+        hr = read_files(hr_files.files, self.hr_sensor, self.pair.hr_formats, self.pair.hr_channels,
+                        lonlat_bbox=_lonlat_bbox(scene_grid(lr)))
         grid = hr_coverage_window(scene_grid(lr), hr)
         if grid is None:
             return None

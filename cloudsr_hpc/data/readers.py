@@ -10,6 +10,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -42,7 +43,7 @@ def _grid_from_area(area, sensor: Sensor) -> tuple[GeosGrid, bool, bool]:
     col0, row0 = int(round(col0)), int(round(row0))
     grid = GeosGrid(sub_lon=float(p.get("lon_0", 0.0)), step=float(step), full_rows=full, full_cols=full,
                     row0=row0, col0=col0, nrows=area.height, ncols=area.width, h=h,
-                    a=float(p.get("a", 6378169.0)), b=float(p.get("b", 6356583.8)))
+                    a=float(area.crs.ellipsoid.semi_major_metre), b=float(area.crs.ellipsoid.semi_minor_metre))
     return grid, flip_rows, flip_cols
 
 
@@ -54,8 +55,12 @@ def _orient(arr: np.ndarray, flip_rows: bool, flip_cols: bool) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], channels: list[str]) -> xr.Dataset:
-    """Read ``channels`` of one scene (one or more files of ``sensor``) into the canonical form."""
+def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], channels: list[str],
+               lonlat_bbox: tuple[float, float, float, float] | None = None) -> xr.Dataset:
+    """Read ``channels`` of one scene (one or more files of ``sensor``) into the canonical form.
+
+    ``lonlat_bbox`` (lon_min, lat_min, lon_max, lat_max) crops a geostationary scene lazily before
+    anything is computed: satpy returns padded full disks (22272^2 px at 500 m for FCI HRFI)."""
     files = [str(f) for f in files]
     fmts = [fmt] if isinstance(fmt, str) else list(fmt)
     readers = sorted({sensor.formats[f].reader for f in fmts})
@@ -70,7 +75,9 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], ch
         sensor.channel(c)  # unknown channel -> ConfigError naming it
     try:
         from satpy import Scene
-        with warnings.catch_warnings():
+        # satpy's FCI reader shares one netCDF4 handle across dask threads (pytroll/satpy#3043):
+        # compute synchronously, which is also deterministic and memory-bounded per scene
+        with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
             warnings.simplefilter("ignore")
             scn = Scene(filenames={r: files for r in readers} if len(readers) > 1 else files, reader=readers[0]
                         if len(readers) == 1 else None)
@@ -86,9 +93,12 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], ch
         raise InputError(f"{where}: channel(s) {', '.join(missing)} not readable from the file(s) "
                          f"(missing or wrongly named variables)")
     try:
-        if sensor.kind == "geostationary" and len({scn[c].attrs["area"].width for c in channels}) > 1:
-            scn = scn.resample(scn.finest_area(channels), resampler="native")  # one grid for all channels
-        values = {c: scn[c].values for c in channels}
+        with dask.config.set(scheduler="synchronous"):
+            if sensor.kind == "geostationary" and lonlat_bbox is not None:
+                scn = scn.crop(ll_bbox=lonlat_bbox)
+            if sensor.kind == "geostationary" and len({scn[c].attrs["area"].width for c in channels}) > 1:
+                scn = scn.resample(scn.finest_area(channels), resampler="native")  # one grid for all channels
+            values = {c: scn[c].values for c in channels}
     except Exception as e:
         raise InputError(f"{where}: cannot decode data ({e.__class__.__name__}: {one_line(e)[:300]})") from None
     area = scn[channels[0]].attrs["area"]

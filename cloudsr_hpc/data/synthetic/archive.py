@@ -38,8 +38,8 @@ class ScenePlan:
     def for_size(cls, size: str) -> "ScenePlan":
         if size == "small":  # Europe / N. Atlantic up to the northern limb (space pixels at the top corners)
             domain = SEVIRI_FULL_DISK.window(0, 1888, 448, 320)
-            region_lr = (280, 128, 128, 128)  # rows, cols, nrows, ncols inside the domain (~50 N, 10 E)
-            scans, cols = 36, 1100
+            region_lr = (200, 48, 224, 224)  # rows, cols, nrows, ncols inside the domain (~52 N, 10 E)
+            scans, cols = 48, 1600
         elif size == "full":
             domain = SEVIRI_FULL_DISK
             region_lr = (300, 1900, 256, 512)  # ~45-52 N, 0-25 E
@@ -68,25 +68,32 @@ class Observer:
 
     def observe(self, when: dt.datetime, x: np.ndarray, y: np.ndarray, channels: list[str],
                 pixel_m: dict[str, float], gain: dict[str, float] | None = None,
-                offset: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+                offset: dict[str, float] | None = None, fine_only: bool = False) -> dict[str, np.ndarray]:
+        """Channel values at projection points (x, y).  ``fine_only``: NaN wherever the fine truth
+        does not fully apply (an HR sensor must never see the coarse truth)."""
         from .cloudfield import sample
         scene = self.scene
         fine_state = scene.physical(scene.region, when) if scene.region is not None else None
         coarse_state = scene.physical(scene.domain, when)
         rng = np.random.default_rng(_stable_seed(self.seed, self.sensor.name, when.isoformat()))
+        if fine_state is not None:  # the fine truth is sampled only where it is used
+            w = _region_weight(scene.region, x, y)
+            inside = w > 0
+            xi, yi, wi = x[inside], y[inside], w[inside]
         out = {}
         for ch in channels:
             info = self.sensor.channel(ch)
             kind = SPECTRAL_KIND[ch]
             px = pixel_m[ch]
-            coarse = sample(channel_value(kind, coarse_state), scene.domain, x, y,
-                            psf_sigma_px(px, info.psf_fwhm_px, scene.domain.step) if px > scene.domain.step else 0.0)
-            value = coarse
-            if fine_state is not None:
-                fine = sample(channel_value(kind, fine_state), scene.region, x, y,
+            value = sample(channel_value(kind, coarse_state), scene.domain, x, y,
+                           psf_sigma_px(px, info.psf_fwhm_px, scene.domain.step) if px > scene.domain.step else 0.0)
+            if fine_state is not None and inside.any():
+                fine = sample(channel_value(kind, fine_state), scene.region, xi, yi,
                               psf_sigma_px(px, info.psf_fwhm_px, scene.region.step))
-                w = _region_weight(scene.region, x, y)
-                value = np.where(w > 0, w * np.nan_to_num(fine) + (1 - w) * np.nan_to_num(coarse), coarse)
+                value[inside] = wi * np.nan_to_num(fine) + (1 - wi) * np.nan_to_num(value[inside])
+            if fine_only:
+                value[~inside] = np.nan
+                value[inside] = np.where(wi < 1, np.nan, value[inside])
             value = value * (gain or {}).get(ch, 1.0) + (offset or {}).get(ch, 0.0)
             value = value + rng.standard_normal(value.shape).astype(np.float32) * info.noise
             if info.quantity == "reflectance":
@@ -159,7 +166,7 @@ class SyntheticArchive:
         gain = dict(zip(self.pair.hr_channels, sim.spectral_gain or [1.0] * len(chans)))
         off = dict(zip(self.pair.hr_channels, sim.spectral_offset or [0.0] * len(chans)))
         return Observer(self.scene, self.hr, self.seed + 1).observe(
-            when, x, y, chans, {c: self.hr.channel(c).resolution_m for c in chans}, gain, off)
+            when, x, y, chans, {c: self.hr.channel(c).resolution_m for c in chans}, gain, off, fine_only=True)
 
     def write_hr(self, slot: dt.datetime) -> list[Path]:
         when = slot + dt.timedelta(minutes=self.pair.simulate.hr_dt_minutes)
@@ -179,16 +186,16 @@ class SyntheticArchive:
                                platform=self.hr.platforms[0])
 
     def _write_fci(self, when: dt.datetime) -> list[Path]:
-        from .formats.fci import fci_full_disk, write_fci_l1c
-        product_res = {"hrfi": {"vis_06": 500, "nir_22": 500, "ir_38": 1000, "ir_105": 1000}}
+        from .formats.fci import PRODUCTS, fci_full_disk, write_fci_l1c
         paths = []
         for product in self.pair.hr_formats:
-            chans = [c for c in self.hr.channels if (self.hr.channels[c].product or product) == product]
+            chans = [c for c in self.hr.channels if self.hr.channels[c].product == product]
             fields = {}
             for ch in chans:
-                res = product_res.get(product, {}).get(ch) or (1000 if SPECTRAL_KIND[ch].startswith(("vis", "nir")) else 2000)
-                grid = _covering_window(fci_full_disk(res), self.plan.region)
-                x, y = grid_points(grid)
+                grid = _covering_window(fci_full_disk(PRODUCTS[product.upper()][ch]), self.plan.region)
+                # FCI pixels -> lon/lat (FCI's own h and ellipsoid) -> the truth's SEVIRI plane
+                lon, lat = grid.lonlat()
+                x, y = lonlat_to_geos(lon, lat, self.plan.domain)
                 fields[ch] = (grid, self._hr_values(when, x, y, [ch])[ch])
             paths += write_fci_l1c(self.day_dir(self.hr.name, when), product.upper(), fields, when,
                                    when + dt.timedelta(minutes=10), platform=self.hr.platforms[0])
