@@ -38,6 +38,18 @@ def test_index_finds_nearest_slot_and_groups_files(tmp_path):
     assert v.files == sorted([obs, geo])
 
 
+def test_fci_chunks_are_grouped_by_repeat_cycle_not_chunk_time(tmp_path):
+    name = ("W_XX-EUMETSAT-Darmstadt,IMG+SAT,MTI1+FCI-1C-RRAD-FDHSI-FD--CHK-BODY--DIS-NC4E_C_EUMT_{p}_IDPFI_OPE_"
+            "{s}_{e}_N__C_{rc}_{n}.nc")
+    a = _touch(tmp_path, name.format(p="20240601120159", s="20240601120014", e="20240601120029", rc="0073", n="0001"))
+    b = _touch(tmp_path, name.format(p="20240601121159", s="20240601120914", e="20240601120929", rc="0073", n="0040"))
+    c = _touch(tmp_path, name.format(p="20240602000959", s="20240602000414", e="20240602000429", rc="0144", n="0040"))
+    idx = ArchiveIndex(tmp_path, REG)
+    assert idx.scene("fci", ["fdhsi"], dt.datetime(2024, 6, 1, 12, 0)).files == sorted([a, b])
+    # the last cycle of 1 June (23:50) has chunks scanned after midnight
+    assert idx.scene("fci", ["fdhsi"], dt.datetime(2024, 6, 1, 23, 50)).files == [c]
+
+
 def test_index_says_when_nothing_is_within_tolerance(tmp_path):
     _touch(tmp_path, "W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601120010.nc")
     idx = ArchiveIndex(tmp_path, REG)

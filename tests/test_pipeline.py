@@ -105,3 +105,74 @@ def test_hr_targets_keep_cloud_spectral_slope(sv_archive):
     slopes = [spectral_slope(p, (1 / 64, 1 / 4)) for p in hr if np.isfinite(p).all() and p.std() > 3]
     s2d = float(np.median(slopes))
     assert -3.3 <= s2d <= -2.4, s2d
+
+
+def test_corrupt_scene_is_recorded_and_the_rest_are_paired(sv_archive, tmp_path, cli):
+    import shutil
+    root, good_stats = sv_archive
+    arch = tmp_path / "archive"
+    shutil.copytree(root / "archive", arch)
+    victim = sorted((arch / "seviri").rglob("*.nc"))[1]
+    victim.write_bytes(victim.read_bytes()[:5000])
+    out = cli("pairs", "--pair", "seviri_viirs", "--archive", arch, "--out", tmp_path / "pairs", check=True)
+    stats = yaml.safe_load(out.stdout)
+    assert stats["slots"] == 4 and len(stats["skipped"]) == 1 and victim.name in stats["skipped"][0]
+    assert 0 < stats["pairs"] < good_stats["pairs"]
+
+
+def test_same_seed_same_archive(tmp_path, cli):
+    for d in ("a", "b"):
+        cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path / d,
+            "--seed", "7", check=True)
+    fa, fb = (sorted((tmp_path / d).rglob("VNP02IMG*.nc")) + sorted((tmp_path / d).rglob("*SEVIRI*.nc"))
+              for d in ("a", "b"))
+    assert [p.name for p in fa] == [p.name for p in fb]
+    sa = _satpy_load("seviri_l1b_nc", [fa[1]], ["IR_108"])["IR_108"].values
+    sb = _satpy_load("seviri_l1b_nc", [fb[1]], ["IR_108"])["IR_108"].values
+    assert np.array_equal(sa, sb, equal_nan=True)
+    cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path / "c",
+        "--seed", "8", check=True)
+    sc = _satpy_load("seviri_l1b_nc", sorted((tmp_path / "c").rglob("*SEVIRI*.nc")), ["IR_108"])["IR_108"].values
+    assert not np.allclose(sa, sc, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def mtg_archive(tmp_path_factory):
+    from tests.conftest import run_cli
+    root = tmp_path_factory.mktemp("mtg")
+    run_cli("synth", "--pair", "msg_mtg", "--start", "2024-06-01T11:45", "--end", "2024-06-01T12:15",
+            "--archive", root / "archive", check=True)
+    out = run_cli("pairs", "--pair", "msg_mtg", "--archive", root / "archive", "--out", root / "pairs", check=True)
+    return root, yaml.safe_load(out.stdout)
+
+
+def test_msg_mtg_fci_files_open_in_satpy_and_pair(mtg_archive):
+    import dask
+    root, stats = mtg_archive
+    idx = ArchiveIndex(root / "archive", REG)
+    assert len(idx.times("fci", ["hrfi", "fdhsi"])) == 3
+    scene = idx.find("fci", ["hrfi", "fdhsi"], dt.datetime(2024, 6, 1, 12, 0))
+    names = [f.name for f in scene.files]
+    assert any("-1C-RRAD-HRFI-FD-" in n for n in names) and any("-1C-RRAD-FDHSI-FD-" in n for n in names)
+    with dask.config.set(scheduler="synchronous"):  # satpy's FCI reader is not thread safe (satpy#3043)
+        scn = _satpy_load("fci_l1c_nc", scene.files, ["ir_105", "vis_08"])
+        assert scn["ir_105"].shape == (11136, 11136) and scn["vis_08"].shape == (11136, 11136)
+        assert 200 < float(np.nanmin(scn["ir_105"].values)) < 250
+    assert stats["pairs"] > 20 and not stats["skipped"]
+    sim = REG.pair("msg_mtg").simulate
+    lag, step = sim.hr_dt_minutes * 60, 3000.403
+    expect = np.array([12.0 * lag / step + sim.misregistration_lr_px[0], -3.0 * lag / step + sim.misregistration_lr_px[1]])
+    got, n = _mean_shift(sorted((root / "pairs" / "train").glob("pairs-*.h5")))
+    assert n > 5 and np.all(np.abs(got - expect) < 0.3), (got, expect)
+
+
+def test_full_disk_is_a_true_3712_square(tmp_path, cli):
+    cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path, "--size", "full",
+        check=True)
+    f = sorted((tmp_path / "seviri").rglob("*.nc"))
+    scn = _satpy_load("seviri_l1b_nc", f, ["IR_108"])
+    bt = scn["IR_108"].values
+    assert bt.shape == (3712, 3712)
+    space = np.isnan(bt).mean()
+    assert 0.15 < space < 0.3  # the corners of the disk are space (1 - pi/4 ~ 0.21 plus the limb)
+    assert np.nanmin(bt) < 240 and np.nanmax(bt) > 290

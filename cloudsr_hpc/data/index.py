@@ -84,7 +84,12 @@ class ArchiveIndex:
             except ValueError:
                 continue
             t = info[fmt.time_key] + dt.timedelta(seconds=fmt.time_offset_s)
-            if sensor.kind == "geostationary":
+            if fmt.cycle_key:  # 1-based repeat cycle of the day; chunks late in the last cycle run past midnight
+                day = dt.datetime(t.year, t.month, t.day)
+                cycle = int(info[fmt.cycle_key])
+                slot = day + (cycle - 1) * dt.timedelta(minutes=sensor.repeat_cycle_minutes)
+                t = slot - dt.timedelta(days=1) if slot - t > dt.timedelta(hours=12) else slot
+            elif sensor.kind == "geostationary":
                 t = _round_to_slot(t, sensor.repeat_cycle_minutes)
             self.entries[(sensor.name, fmt_name)][t].append(path)
             return

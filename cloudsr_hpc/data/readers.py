@@ -93,12 +93,16 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], ch
         raise InputError(f"{where}: channel(s) {', '.join(missing)} not readable from the file(s) "
                          f"(missing or wrongly named variables)")
     try:
+        # derived scenes read lazily through the loaded one's file handles: keep it alive (a
+        # collected Scene closes them -> "NetCDF: Not a valid ID") until values are computed
+        loaded = scn
         with dask.config.set(scheduler="synchronous"):
             if sensor.kind == "geostationary" and lonlat_bbox is not None:
                 scn = scn.crop(ll_bbox=lonlat_bbox)
             if sensor.kind == "geostationary" and len({scn[c].attrs["area"].width for c in channels}) > 1:
                 scn = scn.resample(scn.finest_area(channels), resampler="native")  # one grid for all channels
             values = {c: scn[c].values for c in channels}
+        del loaded
     except Exception as e:
         raise InputError(f"{where}: cannot decode data ({e.__class__.__name__}: {one_line(e)[:300]})") from None
     area = scn[channels[0]].attrs["area"]

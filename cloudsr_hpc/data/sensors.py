@@ -52,6 +52,7 @@ class FileFormat:
     patterns: list[str]
     time_key: str = "start_time"
     time_offset_s: float = 0.0  # added to the file-name time to get the nominal slot
+    cycle_key: str | None = None  # a repeat-cycle counter in the name (FCI) defines the slot instead
 
 
 @dataclass

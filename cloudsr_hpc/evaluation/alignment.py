@@ -1,6 +1,8 @@
 """Sub-pixel misalignment between two images (how far the HR of a pair is from its LR)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -34,5 +36,7 @@ def phase_correlation_shift(ref: np.ndarray, moved: np.ndarray) -> tuple[float, 
 def pair_shift_lr_px(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
     """Displacement of an HR patch relative to its LR patch, in LR pixels (HR box-averaged to LR)."""
     h, w = lr.shape
-    hr_lr = np.nanmean(hr[:h * scale, :w * scale].reshape(h, scale, w, scale), axis=(1, 3))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        hr_lr = np.nanmean(hr[:h * scale, :w * scale].reshape(h, scale, w, scale), axis=(1, 3))
     return phase_correlation_shift(lr, hr_lr)
