@@ -48,8 +48,12 @@ def cmd_synth(args) -> int:
     pair = reg.pair(args.pair)
     start, end = _date_range(args)
     every = parse_every(args.every) if args.every else dt.timedelta(minutes=cfg.synth.every_minutes)
+    lr_fmts = args.lr_format or pair.lr_formats
+    for f in lr_fmts:
+        if f not in reg.sensor(pair.lr).formats:
+            raise ConfigError(f"--lr-format {f}: not a format of {pair.lr} (known: {', '.join(reg.sensor(pair.lr).formats)})")
     arch = SyntheticArchive(reg, pair, Path(args.archive), size=args.size or cfg.synth.size,
-                            seed=cfg.synth.seed if args.seed is None else args.seed)
+                            seed=cfg.synth.seed if args.seed is None else args.seed, lr_formats=lr_fmts)
     paths = arch.write(slot_times(start, end, every))
     print(json.dumps({"archive": str(args.archive), "files": len(paths), "pair": pair.name}))
     return 0
@@ -155,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--archive", required=True, help="archive root directory")
     sp.add_argument("--size", choices=["small", "full"], help="small window or true 3712x3712 full disk")
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--lr-format", action="append", help="LR file format(s) to write, e.g. nc and native "
+                    "(repeatable; default: the pair's)")
 
     sp = add("pairs", cmd_pairs, "build Stage 1 / Stage 2 HDF5 training shards from an archive")
     with_config(sp, "pairs.yaml")

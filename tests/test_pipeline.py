@@ -176,3 +176,18 @@ def test_full_disk_is_a_true_3712_square(tmp_path, cli):
     space = np.isnan(bt).mean()
     assert 0.15 < space < 0.3  # the corners of the disk are space (1 - pi/4 ~ 0.21 plus the limb)
     assert np.nanmin(bt) < 240 and np.nanmax(bt) > 290
+
+
+def test_native_and_netcdf_of_one_slot_read_the_same(tmp_path, cli):
+    from cloudsr_hpc.data.readers import read_files
+    cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path,
+        "--lr-format", "nc", "--lr-format", "native", check=True)
+    idx = ArchiveIndex(tmp_path, REG)
+    sev = REG.sensor("seviri")
+    chans = ["IR_108", "VIS006"]
+    nat = read_files(idx.find("seviri", ["native"], dt.datetime(2024, 6, 1, 12)).files, sev, "native", chans)
+    nc = read_files(idx.find("seviri", ["nc"], dt.datetime(2024, 6, 1, 12)).files, sev, "nc", chans)
+    assert nat.attrs["grid_row0"] == nc.attrs["grid_row0"] and nat["IR_108"].shape == nc["IR_108"].shape
+    for c in chans:  # 10-bit counts with per-file gains: equal to within a count
+        assert np.array_equal(np.isnan(nat[c].values), np.isnan(nc[c].values))
+        assert np.nanmax(np.abs(nat[c].values - nc[c].values)) < 0.2

@@ -35,7 +35,8 @@ def _grid_from_area(area, sensor: Sensor) -> tuple[GeosGrid, bool, bool]:
     h = float(p.get("h", 35785831.0))
     # A symmetric full-disk envelope (>= the Earth disk) that this window is aligned to; only the
     # window's coordinates matter downstream, and those are exact whatever the envelope.
-    full = 2 * int(np.ceil(max(h * DISK_HALF_ANGLE, abs(west), abs(east), abs(south), abs(north)) / step))
+    half = max(h * DISK_HALF_ANGLE, abs(west), abs(east), abs(south), abs(north)) / step
+    full = 2 * int(np.ceil(half - 1e-3))  # tolerate float32 extents (the native reader)
     col0, row0 = west / step + full / 2, full / 2 - north / step
     if abs(col0 - round(col0)) > 1e-3 or abs(row0 - round(row0)) > 1e-3:
         raise InputError(f"{sensor.name}: area extent {area.area_extent} is not aligned to a symmetric "

@@ -127,8 +127,9 @@ class SyntheticArchive:
     """Writes the LR and HR files of a sensor pair for a list of slots under ``root``."""
 
     def __init__(self, registry: Registry, pair: SensorPair, root: Path, size: str = "small", seed: int = 0,
-                 spec: CloudFieldSpec | None = None):
+                 spec: CloudFieldSpec | None = None, lr_formats: list[str] | None = None):
         self.registry, self.pair, self.root = registry, pair, Path(root)
+        self.lr_formats = lr_formats or pair.lr_formats
         self.plan = ScenePlan.for_size(size)
         self.seed = seed
         self.scene = CloudScene(spec or CloudFieldSpec(seed=seed), self.plan.domain, self.plan.region)
@@ -154,7 +155,9 @@ class SyntheticArchive:
             slot, x, y, chans, {c: self.lr.channel(c).resolution_m for c in chans})
         writer = {"nc": write_seviri_nc, "native": write_seviri_native}
         paths = []
-        for fmt in self.pair.lr_formats:
+        for fmt in self.lr_formats:
+            if fmt not in writer:
+                raise ValueError(f"no synthetic writer for {self.lr.name} format '{fmt}' (have: {', '.join(writer)})")
             paths += writer[fmt](self.day_dir(self.lr.name, slot), grid, fields, slot,
                                  slot + dt.timedelta(minutes=self.lr.repeat_cycle_minutes),
                                  platform=self.lr.platforms[-1])
