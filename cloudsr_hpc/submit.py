@@ -130,7 +130,13 @@ def cmd_demo(args) -> int:
                "--archive", str(archive), *common])
     if rc:
         return rc
-    return main(["pairs", "--pair", args.pair, "--archive", str(archive), "--out", str(shards), *common])
+    rc = main(["pairs", "--pair", args.pair, "--archive", str(archive), "--out", str(shards), *common])
+    if rc:
+        return rc
+    from .evaluation.plots import pairs_quicklook
+    png = pairs_quicklook(sorted((shards / "train").glob("pairs-*.h5"))[0], root / "quicklook_pairs.png")
+    print(json.dumps({"quicklook": str(png)}))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -191,3 +191,12 @@ def test_native_and_netcdf_of_one_slot_read_the_same(tmp_path, cli):
     for c in chans:  # 10-bit counts with per-file gains: equal to within a count
         assert np.array_equal(np.isnan(nat[c].values), np.isnan(nc[c].values))
         assert np.nanmax(np.abs(nat[c].values - nc[c].values)) < 0.2
+
+
+def test_pairs_quicklook_png(sv_archive, tmp_path):
+    from cloudsr_hpc.evaluation.plots import pairs_quicklook
+    root, _ = sv_archive
+    png = pairs_quicklook(sorted((root / "pairs" / "train").glob("pairs-*.h5"))[0], tmp_path / "q.png", n=2)
+    import matplotlib.image as mpimg
+    img = mpimg.imread(png)
+    assert img.shape[0] > 300 and img.shape[1] > 300 and img[..., :3].std() > 0.1  # a real picture, not blank
