@@ -1,0 +1,146 @@
+"""Residual-shifting diffusion (ResShift / SinSR family) in pixel space.
+
+Forward process, from the HR image x0 towards the upsampled LR y:
+
+    q(x_t | x0, y) = N(x0 + eta_t (y - x0), kappa^2 eta_t I),    t = 1..T
+
+with sqrt(eta_t) on a geometric schedule from sqrt(eta_1) to sqrt(eta_T) (power ``p`` warps the
+spacing).  The posterior used by the sampler is
+
+    q(x_{t-1} | x_t, x0) = N(eta_{t-1}/eta_t x_t + alpha_t/eta_t x0,  kappa^2 eta_{t-1}/eta_t alpha_t I),
+    alpha_t = eta_t - eta_{t-1}  (eta_0 = 0).
+
+The network predicts x0; sampling starts at x_T = y + kappa sqrt(eta_T) eps, so a few steps suffice.
+All noise comes from :class:`GlobalNoise`, keyed by global pixel position, so overlapping tiles
+of one scene draw identical noise where they overlap.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, y, t) -> x0
+
+
+def eta_schedule(steps: int, eta_min: float = 0.04 ** 2, eta_max: float = 0.99, power: float = 0.3) -> torch.Tensor:
+    """eta_1..eta_T (float64): sqrt(eta) geometric between sqrt(eta_min) and sqrt(eta_max)."""
+    if steps == 1:
+        return torch.tensor([eta_max], dtype=torch.float64)
+    lo, hi = math.sqrt(eta_min), math.sqrt(eta_max)
+    frac = torch.linspace(0, 1, steps, dtype=torch.float64) ** power
+    return (lo * (hi / lo) ** frac) ** 2
+
+
+@dataclass
+class ResShift:
+    steps: int = 4
+    kappa: float = 1.0
+    eta_min: float = 0.04 ** 2
+    eta_max: float = 0.99
+    power: float = 0.3
+
+    def __post_init__(self):
+        self.eta = eta_schedule(self.steps, self.eta_min, self.eta_max, self.power)
+        self.eta_prev = torch.cat([torch.zeros(1, dtype=torch.float64), self.eta[:-1]])
+
+    def _at(self, v: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Schedule value for 1-based step indices ``t`` (N,), broadcast to ``like``."""
+        return v.to(like.device)[t - 1].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x0, y)."""
+        eta = self._at(self.eta, t, x0)
+        return x0 + eta * (y - x0) + self.kappa * eta.sqrt() * noise
+
+    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x0)."""
+        eta, prev = self._at(self.eta, t, x_t), self._at(self.eta_prev, t, x_t)
+        alpha = eta - prev
+        mean = prev / eta * x_t + alpha / eta * x0
+        var = self.kappa ** 2 * prev / eta * alpha
+        return mean, var
+
+    def prior_sample(self, y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_T = y + kappa sqrt(eta_T) eps."""
+        return y + self.kappa * math.sqrt(float(self.eta[-1])) * noise
+
+    @torch.no_grad()
+    def sample(self, denoise: Denoiser, y: torch.Tensor, noise: Callable[[int], torch.Tensor],
+               progress: bool = False) -> torch.Tensor:
+        """Ancestral sampling x_T -> x_0 with an x0-predicting ``denoise(x_t, y, t)``.
+
+        ``noise(k)`` returns the k-th noise field (k = T for the prior, then T-1..1) shaped like y;
+        pass :meth:`GlobalNoise.field` bound to the tile position for tile-consistent sampling.
+        With T = 1 this is exactly one x0-prediction from x_1 = y + kappa sqrt(eta_1) eps."""
+        from tqdm import trange
+        x = self.prior_sample(y, noise(self.steps))
+        n = y.shape[0]
+        x0 = x
+        for t in trange(self.steps, 0, -1, disable=not progress, desc="sampling"):
+            tt = torch.full((n,), t, dtype=torch.long, device=y.device)
+            x0 = denoise(x, y, tt)
+            if t > 1:
+                mean, var = self.posterior(x, x0, tt)
+                x = mean + var.sqrt() * noise(t - 1)
+        return x0
+
+
+# --------------------------------------------------------------------------- position-keyed noise
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _to_signed(v: int) -> int:
+    v &= _MASK64
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+_K_CH, _K_ROW, _K_COL = (_to_signed(k) for k in (0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB))
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser on int64 (two's-complement wrap-around makes it exact)."""
+    z = z ^ ((z >> 30) & 0x3FFFFFFFF)
+    z = z * _to_signed(_M1)
+    z = z ^ ((z >> 27) & 0x1FFFFFFFFF)
+    z = z * _to_signed(_M2)
+    return z ^ ((z >> 31) & 0x1FFFFFFFF)
+
+
+class GlobalNoise:
+    """Standard normal noise that is a pure function of (seed, step, channel, global row, column).
+
+    Two tiles covering the same global pixel get the same value there, whatever their size,
+    offset, batch or rank: the overlap of two tiles blends one sample, not two."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def _uniform(self, key: torch.Tensor) -> torch.Tensor:
+        bits = _mix(key) >> 11 & ((1 << 53) - 1)  # 53 random bits -> (0, 1)
+        return (bits.to(torch.float64) + 0.5) / float(1 << 53)
+
+    def field(self, step: int, channels: int, row0: int, col0: int, h: int, w: int,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(channels, h, w) noise for the window starting at global (row0, col0)."""
+        r = torch.arange(row0, row0 + h, dtype=torch.int64, device=device).view(1, h, 1)
+        c = torch.arange(col0, col0 + w, dtype=torch.int64, device=device).view(1, 1, w)
+        ch = torch.arange(channels, dtype=torch.int64, device=device).view(channels, 1, 1)
+        # chain the coordinates through the avalanche mix, each with its own odd multiplier
+        base = _to_signed(((self.seed * 0x9E3779B97F4A7C15) ^ (step * 0xC2B2AE3D27D4EB4F)) & _MASK64)
+        key = _mix(ch * _K_CH + base)
+        key = _mix(key + r * _K_ROW)
+        key = _mix(key + c * _K_COL)
+        u1 = self._uniform(key)
+        u2 = self._uniform(_mix(key ^ 0x5851F42D4C957F2D))
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).to(dtype)
+
+    def batch(self, step: int, channels: int, origins: list[tuple[int, int]], h: int, w: int,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, channels, h, w) for tiles at global ``origins`` [(row0, col0), ...]."""
+        return torch.stack([self.field(step, channels, r, c, h, w, device, dtype) for r, c in origins])

@@ -1,0 +1,128 @@
+"""Conditional UNet for multi-channel satellite data.
+
+Input at each step: the noisy state x_t (C channels), the condition y (upsampled LR or Stage 1
+output, C channels) and a validity mask (1 channel), concatenated; a sinusoidal timestep embedding
+modulates every residual block.  Output: the x0 prediction (C channels).
+
+Invalid pixels (off-disk, NaN) enter as zeros with mask 0; the mask also multiplies every
+feature map after each convolution block, so nothing computed from invalid pixels can grow
+there and leak into valid ones through later convolutions, and the output is finite everywhere.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..schema import ModelConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of (N,) step indices -> (N, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch), ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, temb: int, dropout: float):
+        super().__init__()
+        self.n1, self.c1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.t = nn.Linear(temb, cout)
+        self.n2, self.c2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, temb, mask):
+        h = self.c1(F.silu(self.n1(x)))
+        h = h + self.t(F.silu(temb))[:, :, None, None]
+        h = self.c2(self.drop(F.silu(self.n2(h))))
+        return (self.skip(x) + h) * mask
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over valid pixels only."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm, self.qkv, self.out = _norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x, mask):
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).unbind(1)
+        keep = mask.reshape(n, 1, h * w) > 0  # invalid keys get no attention weight
+        att = F.scaled_dot_product_attention(q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None],
+                                             v.transpose(1, 2)[:, None], attn_mask=keep[:, None])
+        att = torch.nan_to_num(att)  # a query whose keys are all invalid (fully masked tile)
+        return (x + self.out(att[:, 0].transpose(1, 2).reshape(n, c, h, w))) * mask
+
+
+class ConditionalUNet(nn.Module):
+    def __init__(self, channels: int, cfg: ModelConfig):
+        super().__init__()
+        b = cfg.base_channels
+        self.channels, self.levels = channels, len(cfg.channel_mult)
+        temb = 4 * b
+        self.temb = nn.Sequential(nn.Linear(b, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.base = b
+        self.inp = nn.Conv2d(2 * channels + 1, b, 3, padding=1)
+        self.down, self.down_attn, self.pool = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        widths, cur = [], b
+        for lvl, m in enumerate(cfg.channel_mult):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cur, b * m, temb, cfg.dropout))
+                cur = b * m
+            self.down.append(blocks)
+            self.down_attn.append(Attention(cur) if lvl in cfg.attention_levels else nn.Identity())
+            widths.append(cur)
+            self.pool.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1) if lvl < self.levels - 1 else nn.Identity())
+        self.mid1, self.mid2 = ResBlock(cur, cur, temb, cfg.dropout), ResBlock(cur, cur, temb, cfg.dropout)
+        self.up, self.up_attn = nn.ModuleList(), nn.ModuleList()
+        for lvl in reversed(range(self.levels)):
+            blocks = nn.ModuleList()
+            for i in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cur + (widths[lvl] if i == 0 else 0), widths[lvl], temb, cfg.dropout))
+                cur = widths[lvl]
+            self.up.append(blocks)
+            self.up_attn.append(Attention(cur) if lvl in cfg.attention_levels else nn.Identity())
+        self.out = nn.Sequential(_norm(cur), nn.SiLU(), nn.Conv2d(cur, channels, 3, padding=1))
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be a multiple of this."""
+        return 2 ** (self.levels - 1)
+
+    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x_t, y: (N, C, H, W); t: (N,) step indices; mask: (N, 1, H, W) in {0, 1}."""
+        x_t, y = x_t * mask, y * mask
+        temb = self.temb(timestep_embedding(t, self.base))
+        h = self.inp(torch.cat([x_t, y, mask], dim=1)) * mask
+        masks, skips = [mask], []
+        for lvl in range(self.levels):
+            for blk in self.down[lvl]:
+                h = blk(h, temb, masks[-1])
+            h = self._attn(self.down_attn[lvl], h, masks[-1])
+            skips.append(h)
+            if lvl < self.levels - 1:
+                masks.append(F.max_pool2d(masks[-1], 2))  # a coarse cell is valid if any child is
+                h = self.pool[lvl](h) * masks[-1]
+        h = self.mid2(self.mid1(h, temb, masks[-1]), temb, masks[-1])
+        for i, lvl in enumerate(reversed(range(self.levels))):
+            if i > 0:
+                h = F.interpolate(h, scale_factor=2, mode="nearest") * masks[lvl]
+            for j, blk in enumerate(self.up[i]):
+                h = blk(torch.cat([h, skips[lvl]], 1) if j == 0 else h, temb, masks[lvl])
+            h = self._attn(self.up_attn[i], h, masks[lvl])
+        return self.out(h) * mask
+
+    @staticmethod
+    def _attn(layer, h, mask):
+        return layer(h, mask) if isinstance(layer, Attention) else h
