@@ -44,6 +44,7 @@ class DegradationConfig:
     shift_lr_px: float = 0.25                             # max |sub-pixel shift|, LR pixels
     noise_std: tuple[float, float] = (0.0, 0.01)          # in normalised units ([-1, 1] range)
     quantisation_levels: int = 0                          # 0 = off; e.g. 1024 for 10-bit counts
+    jpeg_quality: int = 0                                 # 0 = off; 1..100 JPEG-like 8x8 DCT quantisation
     seed: int = 0
 
     def validate(self, where):
@@ -52,6 +53,7 @@ class DegradationConfig:
         require(self.shift_lr_px >= 0, where, "shift_lr_px must be >= 0")
         require(self.quantisation_levels == 0 or self.quantisation_levels >= 2, where,
                 "quantisation_levels must be 0 (off) or >= 2")
+        require(0 <= self.jpeg_quality <= 100, where, "jpeg_quality must be 0 (off) or 1..100")
 
 
 @dataclass

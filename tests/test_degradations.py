@@ -56,3 +56,29 @@ def test_invalid_pixels_do_not_leak_into_valid_ones():
     assert float(lr.abs().max()) < 2  # the 1e6 never reaches a valid output
     assert not bool(m[:, :, 0].any()) and bool(m[:, :, -1].all())
     assert np.isfinite(lr.numpy()).all()
+
+
+def test_jpeg_like_compression_is_blockwise_and_quality_controlled():
+    from cloudsr_hpc.data.degradations import jpeg_like
+    g = torch.Generator().manual_seed(0)
+    x = blur(torch.rand(1, 1, 32, 40, generator=g) * 2 - 1, 1.5)
+    hi, lo = jpeg_like(x, 95), jpeg_like(x, 10)
+    err_hi, err_lo = (hi - x).abs().mean().item(), (lo - x).abs().mean().item()
+    assert err_hi < err_lo and err_hi < 0.01 and err_lo > 0.01
+    flat = torch.full((1, 1, 16, 16), 0.3)
+    assert torch.allclose(jpeg_like(flat, 50), flat, atol=0.02)  # a flat block keeps its mean (DC)
+    # blocking: jumps across 8-px block borders exceed those inside blocks at low quality
+    dx = (lo[..., 1:] - lo[..., :-1]).abs().mean(dim=(0, 1, 2))
+    border = dx[7::8].mean()
+    inside = torch.cat([dx[i::8] for i in range(7)]).mean()
+    assert border > inside
+
+
+def test_degradation_pipeline_applies_jpeg_when_configured():
+    hr = _hr()
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    base = DegradationConfig(blur_sigma_lr_px=(0.5, 0.5), shift_lr_px=0, noise_std=(0, 0))
+    plain = Degradation(base, 4)(hr, torch.ones_like(hr), g())[0]
+    jp = Degradation(DegradationConfig(blur_sigma_lr_px=(0.5, 0.5), shift_lr_px=0, noise_std=(0, 0), jpeg_quality=20),
+                     4)(hr, torch.ones_like(hr), g())[0]
+    assert not torch.allclose(plain, jp) and (plain - jp).abs().mean() < 0.2

@@ -5,7 +5,9 @@ Pipeline (each step configurable, see :class:`cloudsr_hpc.schema.DegradationConf
   2. sub-pixel shift ~ U(-shift, shift) LR pixels in x and y (bilinear resampling);
   3. area-average downsampling by ``scale`` (what a detector of LR pixel size integrates);
   4. additive Gaussian noise, std ~ U(noise_std) in normalised units;
-  5. optional quantisation onto ``quantisation_levels`` counts over [-1, 1].
+  5. optional quantisation onto ``quantisation_levels`` counts over [-1, 1];
+  6. optional JPEG-like compression: 8x8 block DCT, coefficients quantised with a step that grows
+     with spatial frequency and shrinks with ``jpeg_quality`` (blocking and ringing artefacts).
 Inputs are normalised (C, H, W) tensors with a validity mask; invalid pixels never leak into
 valid ones (blur is normalised by the blurred mask), and the LR mask is "all HR inputs valid".
 """
@@ -55,6 +57,33 @@ def masked(op, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return out, (den > 0.999).to(x.dtype)
 
 
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    """Orthonormal DCT-II matrix (rows = frequencies)."""
+    k = torch.arange(n, dtype=torch.float64)
+    m = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2.0 / n)
+    m[0] /= math.sqrt(2.0)
+    return m.float()
+
+
+def jpeg_like(x: torch.Tensor, quality: int, block: int = 8) -> torch.Tensor:
+    """Quantise 8x8 block DCT coefficients of a (N, C, H, W) image in [-1, 1] (H, W padded to 8).
+
+    Step = base * (1 + u + v) with base = 0.02 * (100 - quality) / 50: quality 50 gives the
+    DC a step of 1 % of the range and the highest frequencies 15x that, like a JPEG table."""
+    n, c, h, w = x.shape
+    ph, pw = (-h) % block, (-w) % block
+    xp = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    d = _dct_matrix(block).to(x)
+    blocks = xp.unfold(2, block, block).unfold(3, block, block)  # N,C,hb,wb,8,8
+    coef = d @ blocks @ d.T
+    u = torch.arange(block, device=x.device, dtype=x.dtype)
+    step = 0.02 * (100 - quality) / 50 * (1 + u[:, None] + u[None, :])
+    coef = torch.round(coef / step) * step
+    rec = d.T @ coef @ d
+    out = rec.permute(0, 1, 2, 4, 3, 5).reshape(n, c, h + ph, w + pw)
+    return out[..., :h, :w]
+
+
 class Degradation:
     def __init__(self, cfg: DegradationConfig, scale: int):
         self.cfg, self.scale = cfg, scale
@@ -84,5 +113,7 @@ class Degradation:
         if self.cfg.quantisation_levels:
             q = (self.cfg.quantisation_levels - 1) / 2.0
             lr = torch.round((lr.clamp(-1, 1) + 1) * q) / q - 1
+        if self.cfg.jpeg_quality:
+            lr = jpeg_like(lr, self.cfg.jpeg_quality)
         lr = torch.where(lr_mask > 0, lr, torch.zeros_like(lr))
         return lr[0], lr_mask[0], p
