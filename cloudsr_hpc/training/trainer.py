@@ -1,0 +1,312 @@
+"""The training loop for Stage 1, Stage 2 and the regression baseline, on a DeepSpeed engine.
+
+One step: draw the micro-batches of this rank for global step ``s`` (a pure function of seed,
+step and rank -- so a resumed run sees exactly the batches an uninterrupted one would), upsample
+the LR to the HR grid (the condition y), draw t and eps from a generator seeded by (seed, step,
+rank), form x_t, predict x0, masked loss, ``engine.backward``/``engine.step`` (ZeRO, clipping,
+accumulation and the LR schedule live in DeepSpeed), update the EMA.  SIGTERM / SIGUSR1 set a
+flag; the loop saves a checkpoint at the next step boundary and exits with :data:`EXIT_REQUEUE`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..config import dump_yaml, to_dict
+from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
+from ..errors import CloudSRError, InputError
+from ..models.diffusion import ResShift
+from ..models.network import ConditionalUNet
+from ..schema import StageConfig
+from .checkpoint import export_model, load_model, read_pointer, write_pointer
+from .distributed import DistInfo
+from .losses import total_loss
+
+log = logging.getLogger(__name__)
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: state saved, run again to resume
+
+
+class TrainingError(CloudSRError):
+    pass
+
+
+def make_dataset(cfg: StageConfig, split: str):
+    d = Path(cfg.data.shards) / split
+    if cfg.stage == 2:
+        return DegradedHRDataset(d, cfg.data.degradation)
+    return PairDataset(d)
+
+
+def condition(lr: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LR -> (bicubic y on the HR grid, nearest-upsampled validity mask (N, 1, H, W))."""
+    y = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    m = F.interpolate(lr_mask.amin(dim=1, keepdim=True), scale_factor=scale, mode="nearest")
+    return y * m, m
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 2.0) -> float:
+    w = mask.expand_as(pred)
+    mse = float(((pred - target) ** 2 * w).sum() / w.sum().clamp_min(1))
+    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # warm-up: early on the average follows the weights (a short run must not export its init)
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(decay).add_(v.detach().float(), alpha=1 - decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+class Trainer:
+    def __init__(self, cfg: StageConfig, dist: DistInfo, config_text: str = ""):
+        self.cfg, self.dist = cfg, dist
+        self.config_text = config_text or dump_yaml(cfg)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.train_set = make_dataset(cfg, "train")
+        self.val_set = self._optional_val()
+        self.scale = self.train_set.scale
+        self.channels = len(self.train_set.attrs["hr_channels"])
+        self.model = ConditionalUNet(self.channels, cfg.model)
+        if cfg.init_from:
+            self._init_from(cfg.init_from)
+        self.diffusion = ResShift(cfg.diffusion.steps, cfg.diffusion.kappa, cfg.diffusion.eta_min,
+                                  cfg.diffusion.eta_max, cfg.diffusion.power)
+        self.out = Path(cfg.train.out_dir)
+        self.ckpt_dir = self.out / "ckpt"
+        self.engine = self._engine()
+        self.ema = EMA(self.engine.module, cfg.train.ema_decay)
+        self.step = 0
+        self._stop = False
+        self.tb = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ set-up
+    def _optional_val(self):
+        try:
+            return make_dataset(self.cfg, "val")
+        except InputError:
+            return None
+
+    def _init_from(self, path: str) -> None:
+        state, meta = load_model(path)
+        if meta.get("channels") != self.channels:
+            raise InputError(f"{path}: checkpoint has {meta.get('channels')} channels, config/shards have {self.channels}")
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as e:
+            raise InputError(f"{path}: weights do not fit this model config ({str(e).splitlines()[0]})") from None
+        log.info("initialised from %s (stage %s)", path, meta.get("stage"))
+
+    def _precision(self) -> str:
+        p = self.cfg.train.precision
+        return ("bf16" if self.dist.device.type == "cuda" else "fp32") if p == "auto" else p
+
+    def _engine(self):
+        import deepspeed
+        t = self.cfg.train
+        ds_cfg = {
+            "train_micro_batch_size_per_gpu": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum,
+            "gradient_clipping": t.grad_clip,
+            "steps_per_print": 10 ** 9,
+            "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "weight_decay": 0.0, "torch_adam": True}},
+            "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": t.steps,
+                                                               "warmup_num_steps": max(1, t.steps // 20)}},
+            "zero_optimization": {"stage": t.zero_stage},
+            "bf16": {"enabled": self._precision() == "bf16"},
+        }
+        engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(), config=ds_cfg)
+        return engine
+
+    # ------------------------------------------------------------------ data order
+    def batch_indices(self, step: int, micro: int) -> list[int]:
+        """Dataset indices of micro-batch ``micro`` of global ``step`` on this rank."""
+        per_step = self.cfg.train.batch_size * self.cfg.train.grad_accum
+        sampler_len = math.ceil(len(self.train_set) / self.dist.world)
+        steps_per_epoch = max(1, sampler_len // per_step)
+        epoch, k = divmod(step, steps_per_epoch)
+        order = list(rank_sampler(self.train_set, self.dist.rank, self.dist.world, self.cfg.train.seed, epoch))
+        start = k * per_step + micro * self.cfg.train.batch_size
+        return [order[(start + i) % len(order)] for i in range(self.cfg.train.batch_size)]
+
+    def _collate(self, dataset, indices: list[int], epoch: int = 0) -> dict[str, torch.Tensor]:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        items = [dataset[i] for i in indices]
+        return {k: torch.stack([it[k] for it in items]).to(self.dist.device)
+                for k in ("lr", "lr_mask", "hr", "hr_mask")}
+
+    # ------------------------------------------------------------------ one step
+    def forward_loss(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        y, m = condition(batch["lr"], batch["lr_mask"], self.scale)
+        mask = m * batch["hr_mask"].amin(dim=1, keepdim=True)
+        x0 = batch["hr"]
+        n = x0.shape[0]
+        dtype = next(self.engine.module.parameters()).dtype
+        if self.cfg.stage == "regression":
+            t = torch.zeros(n, dtype=torch.long, device=x0.device)
+            pred = self.engine(y.to(dtype), y.to(dtype), t, m.to(dtype))
+        else:
+            t = torch.randint(1, self.diffusion.steps + 1, (n,), generator=gen).to(x0.device)
+            eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+            xt = self.diffusion.q_sample(x0, y, t, eps)
+            pred = self.engine(xt.to(dtype), y.to(dtype), t, m.to(dtype))
+        d = self.cfg.diffusion
+        return total_loss(pred.float(), x0, mask, d.grad_loss_weight, d.spectral_loss_weight)
+
+    def train_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        parts = {}
+        for micro in range(t.grad_accum):
+            gen = torch.Generator().manual_seed(hash((t.seed, self.step, micro, self.dist.rank)) & 0x7FFFFFFF)
+            epoch = self.step  # Stage 2's on-the-fly degradations differ every step
+            batch = self._collate(self.train_set, self.batch_indices(self.step, micro), epoch)
+            parts = self.forward_loss(batch, gen)
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{self.cfg.train.out_dir}: non-finite loss ({float(loss)}) at step {self.step}; "
+                                    f"no checkpoint written (lower train.lr or check the shards)")
+            self.engine.backward(loss)
+            self.engine.step()
+        self.ema.update(self.engine.module, self.step)
+        self.step += 1
+        return {k: float(v.detach()) for k, v in parts.items()}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, max_batches: int = 4) -> dict[str, float]:
+        """PSNR (normalised units, range 2) of the EMA model and of bicubic on held-out pairs."""
+        data = self.val_set or self.train_set
+        model = ConditionalUNet(self.channels, self.cfg.model).to(self.dist.device)
+        model.load_state_dict(self.ema.shadow)
+        model.eval()
+        from ..models.diffusion import GlobalNoise
+        noise = GlobalNoise(self.cfg.train.seed)
+        scores = {"psnr_model": [], "psnr_bicubic": []}
+        bs = self.cfg.train.batch_size
+        for b in range(min(max_batches, math.ceil(len(data) / bs))):
+            idx = list(range(b * bs, min(len(data), (b + 1) * bs)))
+            batch = self._collate(data, idx)
+            y, m = condition(batch["lr"], batch["lr_mask"], self.scale)
+            mask = m * batch["hr_mask"].amin(dim=1, keepdim=True)
+            pred = self.predict(model, y, m, noise, [(i * 10_000, 0) for i in idx])
+            scores["psnr_model"].append(psnr(pred, batch["hr"], mask))
+            scores["psnr_bicubic"].append(psnr(y, batch["hr"], mask))
+        return {k: float(np.mean(v)) for k, v in scores.items()}
+
+    def predict(self, model, y, m, noise, origins):
+        if self.cfg.stage == "regression":
+            return model(y, y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device), m)
+        n, c, h, w = y.shape
+        return self.diffusion.sample(lambda x, yy, t: model(x, yy, t, m), y,
+                                     lambda k: noise.batch(k, c, origins, h, w, y.device))
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        tag = f"step{self.step:08d}"
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False,
+                                    client_state={"step": self.step, "ema": self.ema.shadow})
+        torch.distributed.barrier()
+        if self.dist.is_main:
+            write_pointer(self.ckpt_dir, tag)
+        torch.distributed.barrier()
+        log.info("checkpoint %s", self.ckpt_dir / tag)
+
+    def resume(self) -> bool:
+        tag = read_pointer(self.ckpt_dir)
+        if tag is None:
+            return False
+        _, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        if client is None:
+            raise InputError(f"{self.ckpt_dir / tag}: unreadable DeepSpeed checkpoint")
+        self.step = int(client["step"])
+        self.ema.shadow = {k: v.to(self.dist.device) for k, v in client["ema"].items()}
+        log.info("resumed from %s at step %d", tag, self.step)
+        return True
+
+    def export(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        lo, hi = self.train_set.lo, self.train_set.hi
+        meta = {"stage": self.cfg.stage, "channels": self.channels, "scale": self.scale,
+                "lr_channels": self.train_set.attrs["lr_channels"], "hr_channels": self.train_set.attrs["hr_channels"],
+                "norm_hr": [lo.tolist(), hi.tolist()], "config": to_dict(self.cfg), "step": self.step,
+                "cloudsr_hpc_version": __version__}
+        return export_model(self.out / "export", self.ema.shadow, meta)
+
+    # ------------------------------------------------------------------ loop
+    def _on_signal(self, signum, _frame):
+        log.warning("signal %d: checkpoint at the next step boundary, then exit for requeue", signum)
+        self._stop = True
+
+    def fit(self) -> int:
+        """Train to ``train.steps``; returns the process exit code (0 done, EXIT_REQUEUE preempted)."""
+        from tqdm import tqdm
+        t = self.cfg.train
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        self.resume()
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(self.config_text)
+            self._open_tensorboard()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.dist.is_main, desc=f"stage {self.cfg.stage}")
+        t0 = time.perf_counter()
+        while self.step < t.steps:
+            parts = self.train_step()
+            bar.update(1)
+            rec = {"step": self.step, **parts, "lr": self.engine.get_lr()[0]}
+            if self.step % t.val_every == 0 or self.step == t.steps:
+                rec.update(self.validate())
+                log.info("step %d %s", self.step, json.dumps({k: round(v, 4) for k, v in rec.items()}))
+            self.history.append(rec)
+            self._log(rec)
+            stop = self._agree(self._stop)
+            if self.step % t.ckpt_every == 0 or stop or self.step == t.steps:
+                self.save()
+            if stop:
+                bar.close()
+                return EXIT_REQUEUE
+        bar.close()
+        path = self.export()
+        if self.dist.is_main:
+            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+            log.info("done: %d steps in %.1f s; exported %s", self.step, time.perf_counter() - t0, path)
+        return 0
+
+    def _agree(self, flag: bool) -> bool:
+        """Any rank signalled -> every rank stops at the same step (all must join the save)."""
+        v = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.MAX)
+        return bool(v.item() > 0)
+
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        except ImportError:  # tensorboard is in the [hpc] extra
+            self.tb = None
+
+    def _log(self, rec: dict) -> None:
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, rec["step"])

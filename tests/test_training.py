@@ -1,0 +1,112 @@
+"""DeepSpeed training on CPU: a run completes and exports, SIGTERM checkpoints, resume is exact."""
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from cloudsr_hpc.data.shards import ShardWriter
+from cloudsr_hpc.errors import InputError
+from cloudsr_hpc.training.checkpoint import load_model, read_pointer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ATTRS = {"pair": "seviri_viirs", "scale": 4, "lr_sensor": "seviri", "hr_sensor": "viirs",
+         "lr_channels": ["IR_108", "VIS006"], "hr_channels": ["I05", "I01"],
+         "norm_hr": [[190.0, 0.0], [320.0, 100.0]], "norm_lr": [[190.0, 0.0], [320.0, 100.0]]}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 4)):
+        wp, wh = ShardWriter(root / split, "pairs", 8, ATTRS), ShardWriter(root / split, "hr", 8, ATTRS)
+        for i in range(n):
+            base = ndimage.gaussian_filter(rng.standard_normal((64, 64)), 3)
+            hr = np.stack([250 + 200 * base, 40 + 150 * base]).astype(np.float32)
+            lr = hr.reshape(2, 16, 4, 16, 4).mean((2, 4))
+            wp.add(hr, dt.datetime(2024, 6, 1, 12), i, i, ["x"], lr=lr)
+            wh.add(hr, dt.datetime(2024, 6, 1, 12), i, i, ["x"])
+        wp.flush(), wh.flush()
+    return root
+
+
+def _train(shards, out, *extra, stage="1", wait=True):
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/cloudsr_torch_ext"),
+               MASTER_PORT=str(29600 + (hash(str(out)) % 300)))
+    cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", f"configs/stage{stage}.yaml",
+           "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}", "--set", "model.base_channels=8",
+           "--set", "model.channel_mult=[1,2]", "--set", "train.batch_size=2", "--set", "train.steps=8",
+           "--set", "train.val_every=4", "--set", "train.ckpt_every=4", "--set", "init_from=null", *extra]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_stage1_run_exports_a_verified_checkpoint(shards, tmp_path):
+    p = _train(shards, tmp_path / "run")
+    assert p.returncode == 0, p.stderr[-3000:]
+    state, meta = load_model(tmp_path / "run" / "export" / "model.pt")
+    assert meta["channels"] == 2 and meta["stage"] == 1 and meta["step"] == 8
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert read_pointer(tmp_path / "run" / "ckpt") == "step00000008"
+    hist = (tmp_path / "run" / "history.json").read_text()
+    assert "psnr_model" in hist and "psnr_bicubic" in hist
+    # a flipped byte is caught by the manifest checksum
+    bad = tmp_path / "run" / "export" / "model.pt"
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 does not match"):
+        load_model(bad)
+
+
+def test_sigterm_checkpoints_and_resume_is_bitwise_equal(shards, tmp_path):
+    opts = ["--set", "train.steps=300", "--set", "train.ckpt_every=50", "--set", "train.val_every=150"]
+    ref = _train(shards, tmp_path / "ref", *opts)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "cut"
+    proc = _train(shards, run, *opts, wait=False)
+    deadline = time.time() + 600
+    while read_pointer(run / "ckpt") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # preempt once training is under way (first checkpoint written)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out[-3000:]
+    stopped = int(read_pointer(run / "ckpt").replace("step", ""))
+    assert 50 <= stopped < 300
+    resumed = _train(shards, run, *opts)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {stopped}" in resumed.stderr
+    a, _ = load_model(tmp_path / "ref" / "export" / "model.pt")
+    b, _ = load_model(run / "export" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage2_on_degraded_hr_and_bad_inputs(shards, tmp_path):
+    p = _train(shards, tmp_path / "s2", "--set", "train.steps=4", stage="2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    s2 = tmp_path / "s2" / "export" / "model.pt"
+    assert load_model(s2)[1]["stage"] == 2
+    # empty / missing shard directory
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    e = _train(tmp_path / "empty", tmp_path / "x")
+    assert e.returncode == 2 and "no pairs-*.h5 shards" in e.stderr
+    e = _train(tmp_path / "nope", tmp_path / "x")
+    assert e.returncode == 2 and "shard directory does not exist" in e.stderr
+    # foreign file, and a checkpoint that does not fit the configured network
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    e = _train(shards, tmp_path / "y", "--set", f"init_from={bad}")
+    assert e.returncode == 2 and "no manifest.json" in e.stderr
+    e = _train(shards, tmp_path / "z", "--set", f"init_from={s2}", "--set", "model.base_channels=16")
+    assert e.returncode == 2 and "weights do not fit this model config" in e.stderr
+    assert not (tmp_path / "z" / "export").exists()
