@@ -110,3 +110,21 @@ def test_stage2_on_degraded_hr_and_bad_inputs(shards, tmp_path):
     e = _train(shards, tmp_path / "z", "--set", f"init_from={s2}", "--set", "model.base_channels=16")
     assert e.returncode == 2 and "weights do not fit this model config" in e.stderr
     assert not (tmp_path / "z" / "export").exists()
+
+
+def test_torchrun_two_ranks_zero1(shards, tmp_path):
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/cloudsr_torch_ext"))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29977", "-m", "cloudsr_hpc.train",
+           "--config", "configs/stage1.yaml", "--set", f"data.shards={shards}", "--set", f"train.out_dir={tmp_path}",
+           "--set", "model.base_channels=8", "--set", "model.channel_mult=[1,2]", "--set", "train.batch_size=2",
+           "--set", "train.steps=40", "--set", "train.val_every=40", "--set", "train.zero_stage=1",
+           "--set", "init_from=null"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    import json
+    hist = json.loads((tmp_path / "history.json").read_text())
+    first, last = np.mean([h["mse"] for h in hist[:5]]), np.mean([h["mse"] for h in hist[-5:]])
+    assert last < first  # the loss falls
+    _, meta = load_model(tmp_path / "export" / "model.pt")
+    assert meta["step"] == 40

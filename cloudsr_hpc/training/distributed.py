@@ -29,6 +29,7 @@ def _export_slurm_env() -> None:
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 1:
         return
     from submitit.helpers import TorchDistributedEnvironment
+    os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # submitit detects its environment by this name
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 

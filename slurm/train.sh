@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Common body of slurm/train_stage{1,2}.sh: one rank per task (per GPU on GPU nodes), launched by
+# srun; rank/world/master come from the Slurm job (cloudsr_hpc.training.distributed).  Exit code 75
+# from the trainer means "checkpointed after SIGUSR1/SIGTERM": the job requeues itself and resumes.
+#
+# Environment (all optional):
+#   CLOUDSR_ROOT   project checkout (default: the sbatch submit directory)
+#   PYTHON         interpreter (default: $CLOUDSR_ROOT/.venv/bin/python)
+#   CONFIG         stage YAML (set by the stage scripts)
+#   CLOUDSR_SETUP  a line to source first (module load ..., conda activate ...)
+# Extra arguments are passed to the trainer, e.g.  sbatch slurm/train_stage1.sh --set train.steps=500
+set -uo pipefail
+ROOT=${CLOUDSR_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+cd "$ROOT" || exit 1
+if [ -n "${CLOUDSR_SETUP:-}" ]; then eval "$CLOUDSR_SETUP"; fi
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+# compiled DeepSpeed ops are cached per user, never rebuilt per job (compute nodes: no internet needed)
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/cloudsr_hpc/torch_extensions}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+echo "cloudsr-hpc train: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} nodes ${SLURM_JOB_NUM_NODES:-1} tasks ${SLURM_NTASKS:-1} config ${CONFIG}"
+rc=0
+srun --kill-on-bad-exit=1 "$PY" -m cloudsr_hpc.train --config "$CONFIG" "$@" || rc=$?
+if [ "$rc" -eq 75 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+  echo "checkpointed after a signal: requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+exit "$rc"
