@@ -97,8 +97,10 @@ def test_global_noise_is_identical_where_crops_overlap():
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return ConditionalUNet(3, ModelConfig(base_channels=16, channel_mult=[1, 2], num_res_blocks=1,
-                                          attention_levels=[1])).eval()
+    net = ConditionalUNet(3, ModelConfig(base_channels=16, channel_mult=[1, 2], num_res_blocks=1,
+                                         attention_levels=[1])).eval()
+    torch.nn.init.normal_(net.out[-1].weight, std=0.05)  # as if trained: the residual head is live
+    return net
 
 
 def test_unet_shapes_and_timestep_dependence(net):
@@ -125,3 +127,13 @@ def test_invalid_pixels_never_reach_valid_ones(net):
     assert torch.isfinite(c).all()
     assert torch.allclose(a, b) and torch.allclose(c[..., :20], b[..., :20], atol=1e-5)
     assert (c[..., 20:] == 0).all()
+
+
+def test_untrained_network_predicts_the_condition():
+    torch.manual_seed(0)
+    net = ConditionalUNet(2, ModelConfig(base_channels=8, channel_mult=[1, 2]))
+    y = torch.randn(1, 2, 16, 16)
+    m = torch.ones(1, 1, 16, 16)
+    with torch.no_grad():
+        out = net(torch.randn(1, 2, 16, 16), y, torch.tensor([3]), m)
+    assert torch.equal(out, y)  # zero-initialised residual head: starts at bicubic, learns the rest

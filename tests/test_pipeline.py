@@ -26,17 +26,6 @@ def _satpy_load(reader, files, names):
     return scn
 
 
-@pytest.fixture(scope="module")
-def sv_archive(tmp_path_factory):
-    from tests.conftest import run_cli
-    root = tmp_path_factory.mktemp("sv")
-    run_cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T11:30", "--end", "2024-06-01T12:30",
-            "--archive", root / "archive", check=True)
-    out = run_cli("pairs", "--pair", "seviri_viirs", "--archive", root / "archive", "--out", root / "pairs",
-                  check=True)
-    return root, yaml.safe_load(out.stdout)
-
-
 def test_synth_writes_real_names_that_satpy_opens(sv_archive):
     root, _ = sv_archive
     lr = sorted((root / "archive" / "seviri").rglob("*.nc"))

@@ -2,7 +2,9 @@
 
 Input at each step: the noisy state x_t (C channels), the condition y (upsampled LR or Stage 1
 output, C channels) and a validity mask (1 channel), concatenated; a sinusoidal timestep embedding
-modulates every residual block.  Output: the x0 prediction (C channels).
+modulates every residual block.  Output: the x0 prediction (C channels), as y plus a learned
+residual whose last convolution starts at zero -- an untrained network predicts the bicubic
+upsampling exactly, and training only has to add what bicubic misses.
 
 Invalid pixels (off-disk, NaN) enter as zeros with mask 0; the mask also multiplies every
 feature map after each convolution block, so nothing computed from invalid pixels can grow
@@ -94,6 +96,8 @@ class ConditionalUNet(nn.Module):
             self.up.append(blocks)
             self.up_attn.append(Attention(cur) if lvl in cfg.attention_levels else nn.Identity())
         self.out = nn.Sequential(_norm(cur), nn.SiLU(), nn.Conv2d(cur, channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
 
     @property
     def multiple(self) -> int:
@@ -121,7 +125,7 @@ class ConditionalUNet(nn.Module):
             for j, blk in enumerate(self.up[i]):
                 h = blk(torch.cat([h, skips[lvl]], 1) if j == 0 else h, temb, masks[lvl])
             h = self._attn(self.up_attn[i], h, masks[lvl])
-        return self.out(h) * mask
+        return (y + self.out(h)) * mask
 
     @staticmethod
     def _attn(layer, h, mask):

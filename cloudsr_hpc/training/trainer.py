@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import __version__
 from ..config import dump_yaml, to_dict
 from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
 from ..errors import CloudSRError, InputError
-from ..models.diffusion import ResShift
+from ..models.cascade import predict_x0, upsample_condition
+from ..models.diffusion import GlobalNoise, ResShift
 from ..models.network import ConditionalUNet
 from ..schema import StageConfig
 from .checkpoint import export_model, load_model, read_pointer, write_pointer
@@ -44,13 +44,6 @@ def make_dataset(cfg: StageConfig, split: str):
     if cfg.stage == 2:
         return DegradedHRDataset(d, cfg.data.degradation)
     return PairDataset(d)
-
-
-def condition(lr: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """LR -> (bicubic y on the HR grid, nearest-upsampled validity mask (N, 1, H, W))."""
-    y = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-    m = F.interpolate(lr_mask.amin(dim=1, keepdim=True), scale_factor=scale, mode="nearest")
-    return y * m, m
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 2.0) -> float:
@@ -156,7 +149,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def forward_loss(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        y, m = condition(batch["lr"], batch["lr_mask"], self.scale)
+        y, m = upsample_condition(batch["lr"], batch["lr_mask"], self.scale)
         mask = m * batch["hr_mask"].amin(dim=1, keepdim=True)
         x0 = batch["hr"]
         n = x0.shape[0]
@@ -198,14 +191,13 @@ class Trainer:
         model = ConditionalUNet(self.channels, self.cfg.model).to(self.dist.device)
         model.load_state_dict(self.ema.shadow)
         model.eval()
-        from ..models.diffusion import GlobalNoise
         noise = GlobalNoise(self.cfg.train.seed)
         scores = {"psnr_model": [], "psnr_bicubic": []}
         bs = self.cfg.train.batch_size
         for b in range(min(max_batches, math.ceil(len(data) / bs))):
             idx = list(range(b * bs, min(len(data), (b + 1) * bs)))
             batch = self._collate(data, idx)
-            y, m = condition(batch["lr"], batch["lr_mask"], self.scale)
+            y, m = upsample_condition(batch["lr"], batch["lr_mask"], self.scale)
             mask = m * batch["hr_mask"].amin(dim=1, keepdim=True)
             pred = self.predict(model, y, m, noise, [(i * 10_000, 0) for i in idx])
             scores["psnr_model"].append(psnr(pred, batch["hr"], mask))
@@ -213,11 +205,7 @@ class Trainer:
         return {k: float(np.mean(v)) for k, v in scores.items()}
 
     def predict(self, model, y, m, noise, origins):
-        if self.cfg.stage == "regression":
-            return model(y, y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device), m)
-        n, c, h, w = y.shape
-        return self.diffusion.sample(lambda x, yy, t: model(x, yy, t, m), y,
-                                     lambda k: noise.batch(k, c, origins, h, w, y.device))
+        return predict_x0(model, None if self.cfg.stage == "regression" else self.diffusion, y, m, noise, origins)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:

@@ -1,0 +1,85 @@
+"""Exported stages and their cascade: LR -> Stage 1 (cross-sensor) -> Stage 2 (structure) -> HR.
+
+Each stage is an exported checkpoint (:mod:`cloudsr_hpc.training.checkpoint`).  A diffusion stage
+samples with :class:`ResShift` from its condition; the regression baseline is one forward pass.
+Noise comes from :class:`GlobalNoise` keyed by global HR pixel position, with a distinct seed per
+stage, so tiles and ranks reproduce the same sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import build
+from ..errors import InputError
+from ..schema import DiffusionConfig, ModelConfig
+from .diffusion import GlobalNoise, ResShift
+from .network import ConditionalUNet
+
+
+def upsample_condition(lr: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LR (N, C, h, w) -> (bicubic y on the HR grid, nearest-upsampled validity mask (N, 1, H, W))."""
+    y = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    m = F.interpolate(lr_mask.amin(dim=1, keepdim=True), scale_factor=scale, mode="nearest")
+    return y * m, m
+
+
+def predict_x0(model: ConditionalUNet, diffusion: ResShift | None, y: torch.Tensor, m: torch.Tensor,
+               noise: GlobalNoise, origins: list[tuple[int, int]]) -> torch.Tensor:
+    """One stage's output for condition y: a ResShift sample, or one pass (``diffusion=None``)."""
+    n, c, h, w = y.shape
+    if diffusion is None:
+        return model(y, y, torch.zeros(n, dtype=torch.long, device=y.device), m)
+    return diffusion.sample(lambda x, yy, t: model(x, yy, t, m), y,
+                            lambda k: noise.batch(k, c, origins, h, w, y.device, y.dtype))
+
+
+@dataclass
+class Stage:
+    model: ConditionalUNet
+    diffusion: ResShift | None
+    meta: dict
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Stage":
+        from ..training.checkpoint import load_model
+        state, meta = load_model(path)
+        cfg = meta.get("config", {})
+        try:
+            mcfg = build(ModelConfig, cfg.get("model", {}), f"{path}: model")
+            dcfg = build(DiffusionConfig, cfg.get("diffusion", {}), f"{path}: diffusion")
+        except Exception as e:  # noqa: BLE001 - any malformed meta is a foreign checkpoint
+            raise InputError(f"{path}: checkpoint config unreadable ({e})") from None
+        model = ConditionalUNet(int(meta["channels"]), mcfg)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise InputError(f"{path}: weights do not match the config stored with them ({str(e).splitlines()[0]})") from None
+        diffusion = None if meta.get("stage") == "regression" else ResShift(
+            dcfg.steps, dcfg.kappa, dcfg.eta_min, dcfg.eta_max, dcfg.power)
+        return cls(model.to(device).eval(), diffusion, meta)
+
+
+class Cascade:
+    """Stages applied in order; the first takes bicubic(LR), each next one the previous output."""
+
+    def __init__(self, stages: list[Stage], seed: int = 0):
+        if not stages:
+            raise ValueError("a cascade needs at least one stage")
+        chans = {tuple(s.meta["hr_channels"]) for s in stages}
+        if len(chans) != 1:
+            raise InputError(f"stages disagree on channels: {sorted(chans)}")
+        self.stages, self.seed = stages, seed
+        self.scale = int(stages[0].meta["scale"])
+
+    @torch.no_grad()
+    def __call__(self, lr: torch.Tensor, lr_mask: torch.Tensor, origins: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised LR (N, C, h, w) + mask -> (normalised HR, HR validity mask); ``origins`` are the
+        global HR (row, col) of each tile's top-left pixel."""
+        y, m = upsample_condition(lr, lr_mask, self.scale)
+        for i, stage in enumerate(self.stages):
+            y = predict_x0(stage.model, stage.diffusion, y, m, GlobalNoise(self.seed * 16 + i), origins)
+        return y, m
