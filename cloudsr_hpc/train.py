@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         from .training.distributed import init_distributed
         from .training.trainer import Trainer
         dist = init_distributed()
+        logging.getLogger("cloudsr_hpc").info("rank %d of %d on %s", dist.rank, dist.world, dist.device)
         if dist.rank != 0:
             logging.getLogger().setLevel(logging.WARNING)
         return Trainer(cfg, dist).fit()

@@ -112,19 +112,47 @@ def test_stage2_on_degraded_hr_and_bad_inputs(shards, tmp_path):
     assert not (tmp_path / "z" / "export").exists()
 
 
-def test_torchrun_two_ranks_zero1(shards, tmp_path):
-    env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/cloudsr_torch_ext"))
-    torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29977", "-m", "cloudsr_hpc.train",
-           "--config", "configs/stage1.yaml", "--set", f"data.shards={shards}", "--set", f"train.out_dir={tmp_path}",
-           "--set", "model.base_channels=8", "--set", "model.channel_mult=[1,2]", "--set", "train.batch_size=2",
-           "--set", "train.steps=40", "--set", "train.val_every=40", "--set", "train.zero_stage=1",
-           "--set", "init_from=null"]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
+LAUNCHERS = {
+    "torchrun": lambda bin_: [str(bin_ / "torchrun"), "--nproc_per_node", "2", "--master_port", "29977", "-m"],
+    "mpiexec": lambda bin_: [str(bin_ / "mpiexec"), "-n", "2", str(bin_ / "python"), "-m"],
+    "deepspeed": lambda bin_: [str(bin_ / "deepspeed"), "--num_gpus", "2", "--master_port", "29978", "--module"],
+}
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(shards, tmp_path_factory):
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/cloudsr_torch_ext"),
+               OMP_NUM_THREADS="1")
+    bin_ = Path(sys.executable).parent
+    out = {}
+    for name, prefix in LAUNCHERS.items():
+        run = tmp_path_factory.mktemp(name)
+        cmd = prefix(bin_) + ["cloudsr_hpc.train", "--config", "configs/stage1.yaml", "--set", f"data.shards={shards}",
+                              "--set", f"train.out_dir={run}", "--set", "model.base_channels=8",
+                              "--set", "model.channel_mult=[1,2]", "--set", "train.batch_size=2",
+                              "--set", "train.steps=40", "--set", "train.val_every=40", "--set", "train.zero_stage=1",
+                              "--set", "init_from=null"]
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        out[name] = (p, run)
+    return out
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_ranks_under_each_launcher(two_rank_runs, launcher):
     import json
-    hist = json.loads((tmp_path / "history.json").read_text())
+    p, run = two_rank_runs[launcher]
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "rank 1 of 2" in p.stderr and "rank 0 of 2" in p.stderr
+    hist = json.loads((run / "history.json").read_text())
     first, last = np.mean([h["mse"] for h in hist[:5]]), np.mean([h["mse"] for h in hist[-5:]])
     assert last < first  # the loss falls
-    _, meta = load_model(tmp_path / "export" / "model.pt")
+    _, meta = load_model(run / "export" / "model.pt")
     assert meta["step"] == 40
+
+
+def test_launchers_agree(two_rank_runs):
+    """Same seed, same world size: the launcher does not change the trained weights."""
+    ref, _ = load_model(two_rank_runs["torchrun"][1] / "export" / "model.pt")
+    for name in ("mpiexec", "deepspeed"):
+        other, _ = load_model(two_rank_runs[name][1] / "export" / "model.pt")
+        assert all(torch.allclose(ref[k], other[k], atol=1e-6) for k in ref), name
