@@ -58,8 +58,7 @@ class Stage:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise InputError(f"{path}: weights do not match the config stored with them ({str(e).splitlines()[0]})") from None
-        diffusion = None if meta.get("stage") == "regression" else ResShift(
-            dcfg.steps, dcfg.kappa, dcfg.eta_min, dcfg.eta_max, dcfg.power)
+        diffusion = None if meta.get("stage") == "regression" else ResShift.from_config(dcfg)
         return cls(model.to(device).eval(), diffusion, meta)
 
 

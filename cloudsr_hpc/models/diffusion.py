@@ -42,6 +42,11 @@ class ResShift:
     eta_max: float = 0.99
     power: float = 0.3
 
+    @classmethod
+    def from_config(cls, cfg) -> "ResShift":
+        """From a :class:`cloudsr_hpc.schema.DiffusionConfig`."""
+        return cls(cfg.steps, cfg.kappa, cfg.eta_min, cfg.eta_max, cfg.power)
+
     def __post_init__(self):
         self.eta = eta_schedule(self.steps, self.eta_min, self.eta_max, self.power)
         self.eta_prev = torch.cat([torch.zeros(1, dtype=torch.float64), self.eta[:-1]])

@@ -80,8 +80,7 @@ class Trainer:
         self.model = ConditionalUNet(self.channels, cfg.model)
         if cfg.init_from:
             self._init_from(cfg.init_from)
-        self.diffusion = ResShift(cfg.diffusion.steps, cfg.diffusion.kappa, cfg.diffusion.eta_min,
-                                  cfg.diffusion.eta_max, cfg.diffusion.power)
+        self.diffusion = ResShift.from_config(cfg.diffusion)
         self.out = Path(cfg.train.out_dir)
         self.ckpt_dir = self.out / "ckpt"
         self.engine = self._engine()

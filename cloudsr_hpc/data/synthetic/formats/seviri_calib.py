@@ -35,6 +35,9 @@ from satpy.readers.core.seviri import (
 
 from ...geometry import GEOS_HEIGHT, GeosGrid
 
+# what the writers declare in PlannedChanProcessing: spectral radiance, so satpy applies its BT fit
+RADIANCE_TYPE = IRCalibrationType.spectral_radiance
+
 VISIR_CHANNELS = tuple(CHANNEL_NAMES[i] for i in range(1, 12))  # file order: ch1..ch11
 SOLAR_CHANNELS = tuple(c for c in VIS_CHANNELS if c in VISIR_CHANNELS)
 COUNT_MAX = 1023  # SEVIRI L1.5 image data are 10-bit

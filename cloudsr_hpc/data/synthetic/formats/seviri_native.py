@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 from satpy.readers.core.eum import time_cds_short
-from satpy.readers.core.seviri import IRCalibrationType
 from satpy.readers.seviri_l1b_native_hdr import GSDTRecords, get_native_header, native_trailer
 
 from ...geometry import GeosGrid
 from .seviri_calib import (
+    RADIANCE_TYPE,
     VISIR_CHANNELS,
     LinearCalibration,
     Platform,
@@ -37,7 +37,6 @@ from .seviri_calib import (
     to_cds,
 )
 
-RADIANCE_TYPE = IRCalibrationType.spectral_radiance  # PlannedChanProcessing 1: satpy applies BTFIT
 SELECTED_BANDS = "X" * len(VISIR_CHANNELS) + "-"  # VIS/IR channels in, HRV out
 HEADER_DTYPE = get_native_header(with_archive_header=True)
 LINES_PER_BLOCK = 464  # lines encoded and written at a time (1/8 of the disk)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import netCDF4
 import numpy as np
-from satpy.readers.core.seviri import IRCalibrationType
 
 from ...geometry import GeosGrid
 from .seviri_calib import (
+    RADIANCE_TYPE,
     COUNT_MAX,
     VISIR_CHANNELS,
     LinearCalibration,
@@ -37,7 +37,6 @@ from .seviri_calib import (
 )
 
 FILE_NAME = "W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,{satid}+SEVIRI_C_EUMG_{time:%Y%m%d%H%M%S}.nc"
-RADIANCE_TYPE = IRCalibrationType.spectral_radiance  # PlannedChanProcessing 1: satpy applies BTFIT
 ROWS, COLS = "num_rows_vis_ir", "num_columns_vis_ir"
 
 
