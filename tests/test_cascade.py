@@ -7,7 +7,7 @@ import torch
 
 from cloudsr_hpc.data.datasets import PairDataset
 from cloudsr_hpc.models.cascade import Cascade, Stage, upsample_condition
-from cloudsr_hpc.training.trainer import psnr
+from cloudsr_hpc.evaluation.metrics import psnr
 from tests.conftest import run_train
 
 pytestmark = pytest.mark.slow

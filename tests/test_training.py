@@ -156,3 +156,27 @@ def test_launchers_agree(two_rank_runs):
     for name in ("mpiexec", "deepspeed"):
         other, _ = load_model(two_rank_runs[name][1] / "export" / "model.pt")
         assert all(torch.allclose(ref[k], other[k], atol=1e-6) for k in ref), name
+
+
+def test_nan_loss_stops_without_touching_the_last_good_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    ok = _train(shards, run, "--set", "train.steps=4", "--set", "train.ckpt_every=4")
+    assert ok.returncode == 0
+    good = (run / "ckpt" / "latest").read_text()
+    # resume the finished run with a bigger step budget and an absurd learning rate: the loss blows up
+    bad = _train(shards, run, "--set", "train.steps=400", "--set", "train.ckpt_every=1", "--set", "train.lr=1e30",
+                 "--set", "train.grad_clip=0.0")
+    assert bad.returncode == 2 and "non-finite loss" in bad.stderr, bad.stderr[-2000:]
+    latest = (run / "ckpt" / "latest").read_text()
+    stopped = int(latest.strip().replace("step", ""))
+    # every checkpoint written is from a finite step: reload the latest and check its weights are finite
+    states = run / "ckpt" / latest.strip() / "mp_rank_00_model_states.pt"
+    state = torch.load(states, map_location="cpu", weights_only=True)["module"]
+    assert stopped >= int(good.strip().replace("step", "")) and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_checkpoint_with_other_channels_is_refused(shards, tmp_path):
+    from cloudsr_hpc.training.checkpoint import export_model
+    path = export_model(tmp_path / "other", {"w": torch.zeros(1)}, {"channels": 3, "stage": 1})
+    e = _train(shards, tmp_path / "x", "--set", f"init_from={path}")
+    assert e.returncode == 2 and "checkpoint has 3 channels, config/shards have 2" in e.stderr

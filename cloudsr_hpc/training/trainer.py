@@ -23,6 +23,7 @@ from .. import __version__
 from ..config import dump_yaml, to_dict
 from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
 from ..errors import CloudSRError, InputError
+from ..evaluation.metrics import gradient_ratio, psnr
 from ..models.cascade import predict_x0, upsample_condition
 from ..models.diffusion import GlobalNoise, ResShift
 from ..models.network import ConditionalUNet
@@ -44,12 +45,6 @@ def make_dataset(cfg: StageConfig, split: str):
     if cfg.stage == 2:
         return DegradedHRDataset(d, cfg.data.degradation)
     return PairDataset(d)
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 2.0) -> float:
-    w = mask.expand_as(pred)
-    mse = float(((pred - target) ** 2 * w).sum() / w.sum().clamp_min(1))
-    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
 
 
 class EMA:
@@ -185,13 +180,14 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, max_batches: int = 4) -> dict[str, float]:
-        """PSNR (normalised units, range 2) of the EMA model and of bicubic on held-out pairs."""
+        """PSNR (normalised units, range 2) and gradient-preservation ratio of the EMA model and of
+        bicubic on held-out pairs."""
         data = self.val_set or self.train_set
         model = ConditionalUNet(self.channels, self.cfg.model).to(self.dist.device)
         model.load_state_dict(self.ema.shadow)
         model.eval()
         noise = GlobalNoise(self.cfg.train.seed)
-        scores = {"psnr_model": [], "psnr_bicubic": []}
+        scores = {"psnr_model": [], "psnr_bicubic": [], "grad_ratio_model": [], "grad_ratio_bicubic": []}
         bs = self.cfg.train.batch_size
         for b in range(min(max_batches, math.ceil(len(data) / bs))):
             idx = list(range(b * bs, min(len(data), (b + 1) * bs)))
@@ -201,6 +197,8 @@ class Trainer:
             pred = self.predict(model, y, m, noise, [(i * 10_000, 0) for i in idx])
             scores["psnr_model"].append(psnr(pred, batch["hr"], mask))
             scores["psnr_bicubic"].append(psnr(y, batch["hr"], mask))
+            scores["grad_ratio_model"].append(gradient_ratio(pred, batch["hr"], mask))
+            scores["grad_ratio_bicubic"].append(gradient_ratio(y, batch["hr"], mask))
         return {k: float(np.mean(v)) for k, v in scores.items()}
 
     def predict(self, model, y, m, noise, origins):
