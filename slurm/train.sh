@@ -19,7 +19,9 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/cloudsr_hpc/tor
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "cloudsr-hpc train: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} nodes ${SLURM_JOB_NUM_NODES:-1} tasks ${SLURM_NTASKS:-1} config ${CONFIG}"
 rc=0
-srun --kill-on-bad-exit=1 "$PY" -m cloudsr_hpc.train --config "$CONFIG" "$@" || rc=$?
+# no --kill-on-bad-exit: after a signal every rank saves and exits 75, and srun must wait for all
+# of them (a crashed rank is caught by the process-group timeout instead)
+srun "$PY" -m cloudsr_hpc.train --config "$CONFIG" "$@" || rc=$?
 if [ "$rc" -eq 75 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
   echo "checkpointed after a signal: requeueing job $SLURM_JOB_ID"
   scontrol requeue "$SLURM_JOB_ID"

@@ -180,3 +180,17 @@ def test_checkpoint_with_other_channels_is_refused(shards, tmp_path):
     path = export_model(tmp_path / "other", {"w": torch.zeros(1)}, {"channels": 3, "stage": 1})
     e = _train(shards, tmp_path / "x", "--set", f"init_from={path}")
     assert e.returncode == 2 and "checkpoint has 3 channels, config/shards have 2" in e.stderr
+
+
+def test_zero2_with_gradient_accumulation(shards, tmp_path):
+    p = _train(shards, tmp_path / "z2", "--set", "train.zero_stage=2", "--set", "train.grad_accum=2",
+               "--set", "train.steps=10", "--set", "train.val_every=10", "--set", "train.ckpt_every=5")
+    assert p.returncode == 0, p.stderr[-3000:]
+    import json
+    hist = json.loads((tmp_path / "z2" / "history.json").read_text())
+    assert len(hist) == 10 and all(np.isfinite(h["loss"]) for h in hist)
+    assert read_pointer(tmp_path / "z2" / "ckpt") == "step00000010"
+    # resuming a ZeRO-2 checkpoint continues from it
+    more = _train(shards, tmp_path / "z2", "--set", "train.zero_stage=2", "--set", "train.grad_accum=2",
+                  "--set", "train.steps=12", "--set", "train.val_every=100", "--set", "train.ckpt_every=5")
+    assert more.returncode == 0 and "at step 10" in more.stderr, more.stderr[-3000:]

@@ -7,6 +7,7 @@ srun, submitit's ``TorchDistributedEnvironment`` derives them from the Slurm job
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ def _export_slurm_env() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def init_distributed(port: int = 29500) -> DistInfo:
+def init_distributed(port: int = 29500, timeout_min: float = 15.0) -> DistInfo:
     import deepspeed
     _export_slurm_env()
     mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
@@ -43,8 +44,9 @@ def init_distributed(port: int = 29500) -> DistInfo:
         os.environ.setdefault("MASTER_PORT", str(port))
     cuda = torch.cuda.is_available()
     if not torch.distributed.is_initialized():
+        # a dead rank must not leave the others blocked in a collective for the default 30 min
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=mpi,
-                                   verbose=False)
+                                   verbose=False, timeout=dt.timedelta(minutes=timeout_min))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
