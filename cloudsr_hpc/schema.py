@@ -27,7 +27,6 @@ class PairsConfig:
     stage2_min_valid: float = 0.95     # HR-only patches (Stage 2)
     holdout_every: int = 5             # every Nth slot goes to the validation split
     resampler_radius_hr_px: float = 2.0  # pyresample search radius, HR target pixels
-    workers: int = 1
 
     def validate(self, where):
         require(self.patch_lr >= 4, where, "patch_lr must be >= 4")
@@ -60,9 +59,7 @@ class DegradationConfig:
 class DataConfig:
     pair: str = "seviri_viirs"
     shards: str = "runs/pairs/seviri_viirs"
-    split: Literal["train", "val"] = "train"
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
-    num_workers: int = 0
 
 
 @dataclass
