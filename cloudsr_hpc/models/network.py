@@ -29,8 +29,26 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, ch), ch)
+class ChannelNorm(nn.Module):
+    """Layer norm over channels at each pixel.
+
+    Unlike GroupNorm/BatchNorm it uses no statistics over the image, so the network is
+    translation-equivariant: a tile computes exactly what the whole scene computes there, which
+    full-disk tiling relies on."""
+
+    def __init__(self, ch: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(ch)), nn.Parameter(torch.zeros(ch))
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        return (x - mu) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _norm(ch: int) -> nn.Module:
+    return ChannelNorm(ch)
 
 
 class ResBlock(nn.Module):
@@ -50,7 +68,8 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Single-head self-attention over valid pixels only."""
+    """Single-head self-attention over valid pixels only (global within a tile: configure
+    ``attention_levels: []`` where tiled inference must equal whole-scene inference)."""
 
     def __init__(self, ch: int):
         super().__init__()

@@ -1,0 +1,91 @@
+"""Tiling a scene and blending tile predictions back, independent of tile order.
+
+Tiles of ``tile`` LR pixels overlap by ``overlap``; tiles without a valid pixel (space) are
+skipped.  Each tile's prediction enters float32 sum/weight accumulators with a window that is
+1 inside, 0 over a ``halo`` next to an *interior* tile edge (where the network saw zero padding
+instead of the neighbour's data) and a Hann ramp between; at scene borders there is no ramp.
+With a halo at least the network's receptive-field margin, every output pixel is a weighted mean
+of exact values, so tiled inference equals whole-scene inference; the Hann ramp spreads any
+residual difference (e.g. from stochastic samples) smoothly instead of leaving a seam.  Invalid
+pixels carry zero weight, so one NaN never spreads beyond itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def tile_origins(n: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of ``tile`` covering [0, n) with at least ``overlap``, the last one flush."""
+    if n <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, n - tile + 1, stride))
+    if starts[-1] != n - tile:
+        starts.append(n - tile)
+    return starts
+
+
+@dataclass(frozen=True)
+class Tile:
+    row0: int  # LR pixels, within the scene
+    col0: int
+    rows: int
+    cols: int
+
+
+def plan_tiles(valid: np.ndarray, tile: int, overlap: int) -> list[Tile]:
+    """Tiles over an LR validity mask (H, W), row-major, skipping those with no valid pixel."""
+    h, w = valid.shape
+    th, tw = min(tile, h), min(tile, w)
+    out = []
+    for r in tile_origins(h, th, overlap):
+        for c in tile_origins(w, tw, overlap):
+            if valid[r:r + th, c:c + tw].any():
+                out.append(Tile(r, c, th, tw))
+    return out
+
+
+def _profile(n: int, halo: int, ramp: int, start_interior: bool, end_interior: bool) -> np.ndarray:
+    p = np.ones(n, np.float64)
+    ramp_w = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp) if ramp else np.zeros(0)
+    if start_interior:
+        p[:halo] = 0.0
+        p[halo:halo + ramp] = ramp_w[: max(0, min(ramp, n - halo))]
+    if end_interior:
+        q = p[::-1]
+        q[:halo] = 0.0
+        q[halo:halo + ramp] = np.minimum(q[halo:halo + ramp], ramp_w[: max(0, min(ramp, n - halo))])
+    return p
+
+
+def blend_window(rows: int, cols: int, halo: int, ramp: int, interior: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """(rows, cols) weights; ``interior`` = (top, bottom, left, right) edges that face another tile."""
+    top, bottom, left, right = interior
+    return np.outer(_profile(rows, halo, ramp, top, bottom), _profile(cols, halo, ramp, left, right)).astype(np.float32)
+
+
+class Accumulator:
+    """Weighted sum and weight of tile predictions on an output grid (C, H, W)."""
+
+    def __init__(self, channels: int, rows: int, cols: int):
+        self.sum = np.zeros((channels, rows, cols), np.float32)
+        self.weight = np.zeros((rows, cols), np.float32)
+
+    def add(self, pred: np.ndarray, valid: np.ndarray, window: np.ndarray, row0: int, col0: int) -> None:
+        """Add a (C, h, w) prediction at (row0, col0); ``valid`` (h, w) zeroes invalid pixels' weight."""
+        _, h, w = pred.shape
+        wgt = window * valid.astype(np.float32)
+        self.sum[:, row0:row0 + h, col0:col0 + w] += np.where(wgt > 0, pred, 0.0) * wgt
+        self.weight[row0:row0 + h, col0:col0 + w] += wgt
+
+    def result(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = self.sum / self.weight
+        return np.where(self.weight > 0, out, np.nan).astype(np.float32)
+
+
+def interior_edges(t: Tile, scene_rows: int, scene_cols: int) -> tuple[bool, bool, bool, bool]:
+    """Which edges of a tile lie inside the scene (and so are covered by a neighbour)."""
+    return (t.row0 > 0, t.row0 + t.rows < scene_rows, t.col0 > 0, t.col0 + t.cols < scene_cols)
