@@ -34,12 +34,15 @@ def sv_archive(tmp_path_factory):
     return root, yaml.safe_load(out.stdout)
 
 
-def run_train(config, shards, out, *sets, port=None, timeout=1200):
-    """``python -m cloudsr_hpc.train`` in a subprocess (DeepSpeed owns the process group)."""
+def run_train(config, shards, out, *sets, port=None, timeout=1200, wait=True):
+    """``python -m cloudsr_hpc.train`` in a subprocess (DeepSpeed owns the process group);
+    ``wait=False`` returns the running Popen (stdout+stderr piped together)."""
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/cloudsr_torch_ext"),
                MASTER_PORT=str(port or 29600 + (hash(str(out)) % 300)))
     cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config), "--set", f"data.shards={shards}",
            "--set", f"train.out_dir={out}"]
     for s in sets:
         cmd += ["--set", s]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -15,6 +15,7 @@ from scipy import ndimage
 from cloudsr_hpc.data.shards import ShardWriter
 from cloudsr_hpc.errors import InputError
 from cloudsr_hpc.training.checkpoint import load_model, read_pointer
+from tests.conftest import run_train
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,16 +40,14 @@ def shards(tmp_path_factory):
     return root
 
 
+TINY = ["model.base_channels=8", "model.channel_mult=[1,2]", "train.batch_size=2", "train.steps=8",
+        "train.val_every=4", "train.ckpt_every=4", "init_from=null"]
+
+
 def _train(shards, out, *extra, stage="1", wait=True):
-    env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", "/tmp/cloudsr_torch_ext"),
-               MASTER_PORT=str(29600 + (hash(str(out)) % 300)))
-    cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", f"configs/stage{stage}.yaml",
-           "--set", f"data.shards={shards}", "--set", f"train.out_dir={out}", "--set", "model.base_channels=8",
-           "--set", "model.channel_mult=[1,2]", "--set", "train.batch_size=2", "--set", "train.steps=8",
-           "--set", "train.val_every=4", "--set", "train.ckpt_every=4", "--set", "init_from=null", *extra]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    """A tiny run; ``extra`` are "--set", "key=value" pairs that override TINY."""
+    assert all(flag == "--set" for flag in extra[::2])
+    return run_train(f"configs/stage{stage}.yaml", shards, out, *TINY, *extra[1::2], wait=wait, timeout=900)
 
 
 def test_stage1_run_exports_a_verified_checkpoint(shards, tmp_path):
