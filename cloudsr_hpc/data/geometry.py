@@ -109,6 +109,17 @@ class GeosGrid:
         return cls(**kw)
 
 
+def window_starts(n: int, size: int, stride: int) -> list[int]:
+    """Starts of windows of ``size`` every ``stride`` over [0, n), the last one flush with the end
+    (so the union covers everything); [] when not even one window fits."""
+    if n < size:
+        return []
+    starts = list(range(0, n - size + 1, stride))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return starts
+
+
 def _proj(grid: GeosGrid):
     import pyproj
     return pyproj.Proj(proj="geos", lon_0=grid.sub_lon, h=grid.h, a=grid.a, b=grid.b, sweep="y")

@@ -25,7 +25,7 @@ from .. import __version__
 from ..config import dump_yaml
 from ..errors import ArchiveError, CloudSRError, InputError
 from ..schema import PairsConfig
-from .geometry import GeosGrid, lonlat_to_geos
+from .geometry import GeosGrid, lonlat_to_geos, window_starts
 from .index import ArchiveIndex
 from .readers import read_files
 from .scene import channel_names, scene_grid
@@ -121,16 +121,6 @@ def _kd_gauss(hr, chans, hg, target, src_res, radius_px):
     return {c: out[..., i] for i, c in enumerate(chans)}
 
 
-def patch_origins(n: int, patch: int, stride: int) -> list[int]:
-    """Start offsets covering [0, n) with the last patch flush with the end."""
-    if n < patch:
-        return []
-    starts = list(range(0, n - patch + 1, stride))
-    if starts[-1] != n - patch:
-        starts.append(n - patch)
-    return starts
-
-
 @dataclass
 class PairStats:
     slots: int = 0
@@ -218,8 +208,8 @@ class PairBuilder:
             lr, hr, grid = got
             stats.slots += 1
             sources = [f.name for f in lr_files.files + hr_files.files]
-            for r in patch_origins(grid.nrows, p, c.stride_lr):
-                for q in patch_origins(grid.ncols, p, c.stride_lr):
+            for r in window_starts(grid.nrows, p, c.stride_lr):
+                for q in window_starts(grid.ncols, p, c.stride_lr):
                     lp = lr[:, r:r + p, q:q + p]
                     hp = hr[:, r * s:(r + p) * s, q * s:(q + p) * s]
                     hr_ok = np.isfinite(hp).all(axis=0).mean()

@@ -15,16 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.geometry import window_starts
+
 
 def tile_origins(n: int, tile: int, overlap: int) -> list[int]:
-    """Starts of tiles of ``tile`` covering [0, n) with at least ``overlap``, the last one flush."""
-    if n <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, n - tile + 1, stride))
-    if starts[-1] != n - tile:
-        starts.append(n - tile)
-    return starts
+    """Starts of tiles of ``tile`` covering [0, n) with at least ``overlap``; one tile if n <= tile."""
+    return [0] if n <= tile else window_starts(n, tile, tile - overlap)
 
 
 @dataclass(frozen=True)
