@@ -20,3 +20,7 @@ class ArchiveError(CloudSRError):
 def one_line(msg: str) -> str:
     """Collapse a message to a single line (library errors often carry newlines)."""
     return " ".join(str(msg).split())
+
+
+class OutputError(CloudSRError):
+    """An output could not be written (disk full, permissions, outside its configured root)."""

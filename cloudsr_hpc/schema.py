@@ -126,19 +126,29 @@ class InferConfig:
     tile_lr: int = 128
     overlap_lr: int = 16
     batch_size: int = 8
-    stages: Literal["1", "2", "cascade"] = "cascade"
-    window: Literal["hann", "gaussian"] = "hann"
+    stages: Literal["1", "2", "cascade", "regression"] = "cascade"
+    halo_hr: int = -1  # -1: from the model's measured receptive margin (exact tiling when it fits)
     seed: int = 0
-    chunk: int = 512
-    packing: Literal["float32", "uint16"] = "float32"
+    chunk: int = 512  # HR pixels; bands of ranks start on chunk rows
+    packing: Literal["float32", "int16"] = "float32"
+    complevel: int = 4
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the networks (GPU sites; first call compiles)
+    cpu_threads: int = 0  # torch threads per rank on CPU (0: torch's default); equal counts give bitwise-equal output
+    writer_threads: int = 2  # chunk compression threads per rank
     quicklook: bool = True
     stage1_checkpoint: str = "runs/stage1/export/model.pt"
     stage2_checkpoint: str = "runs/stage2/export/model.pt"
+    regression_checkpoint: str = "runs/regression/export/model.pt"
+    archive: str = "runs/archive"
     out_dir: str = "runs/infer"
 
     def validate(self, where):
-        require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
         require(self.overlap_lr >= 0, where, "overlap_lr must be >= 0")
+        require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
+        require(self.batch_size >= 1, where, "batch_size must be >= 1")
+        require(self.chunk >= 16, where, "chunk must be >= 16")
+        require(0 <= self.complevel <= 9, where, "complevel must be 0..9")
 
 
 @dataclass

@@ -46,3 +46,29 @@ def run_train(config, shards, out, *sets, port=None, timeout=1200, wait=True):
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+PAIR_NORM = {"lr": [[0.0, 0.0, 0.0, 200.0, 190.0], [110.0, 110.0, 110.0, 340.0, 320.0]],
+             "hr": [[0.0, 0.0, 0.0, 200.0, 190.0], [110.0, 110.0, 110.0, 340.0, 320.0]]}
+
+
+def make_export(out_dir, stage=1, base=8, mult=(1, 2), steps=1, seed=0, out_std=0.05, channels=5,
+                lr_channels=("VIS006", "VIS008", "IR_016", "IR_039", "IR_108"),
+                hr_channels=("I01", "I02", "I03", "I04", "I05"), scale=4):
+    """An exported stage with random weights (a non-zero residual head, so the network matters):
+    what inference needs from a checkpoint, without a training run.  Returns the model path."""
+    import torch
+    from cloudsr_hpc.config import to_dict
+    from cloudsr_hpc.models.network import ConditionalUNet
+    from cloudsr_hpc.schema import ModelConfig, StageConfig
+    from cloudsr_hpc.training.checkpoint import export_model
+    cfg = StageConfig(stage=stage)
+    cfg.model = ModelConfig(base_channels=base, channel_mult=list(mult), num_res_blocks=1, attention_levels=[])
+    cfg.diffusion.steps = steps
+    torch.manual_seed(seed)
+    net = ConditionalUNet(channels, cfg.model)
+    torch.nn.init.normal_(net.out[-1].weight, std=out_std)
+    meta = {"stage": stage, "channels": channels, "scale": scale, "lr_channels": list(lr_channels)[:channels],
+            "hr_channels": list(hr_channels)[:channels], "norm_hr": PAIR_NORM["hr"], "norm_lr": PAIR_NORM["lr"],
+            "config": to_dict(cfg), "step": 0}
+    return export_model(Path(out_dir), net.state_dict(), meta)

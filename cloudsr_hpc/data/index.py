@@ -63,14 +63,38 @@ def _round_to_slot(t: dt.datetime, minutes: float) -> dt.datetime:
     return base + n * step
 
 
+def parsers(registry: Registry) -> list:
+    """(sensor, format name, file-name parser, format) for every file pattern of the registry."""
+    return [(s, fname, Parser(p), f) for s in registry.sensors.values()
+            for fname, f in s.formats.items() for p in f.patterns]
+
+
+def identify(name: str, parser_list: list) -> tuple[Sensor, str, dt.datetime] | None:
+    """(sensor, format, nominal slot) of a real file name, or None if no pattern matches."""
+    for sensor, fmt_name, parser, fmt in parser_list:
+        try:
+            info = parser.parse(name)
+        except ValueError:
+            continue
+        t = info[fmt.time_key] + dt.timedelta(seconds=fmt.time_offset_s)
+        if fmt.cycle_key:  # 1-based repeat cycle of the day; chunks late in the last cycle run past midnight
+            day = dt.datetime(t.year, t.month, t.day)
+            cycle = int(info[fmt.cycle_key])
+            slot = day + (cycle - 1) * dt.timedelta(minutes=sensor.repeat_cycle_minutes)
+            t = slot - dt.timedelta(days=1) if slot - t > dt.timedelta(hours=12) else slot
+        elif sensor.kind == "geostationary":
+            t = _round_to_slot(t, sensor.repeat_cycle_minutes)
+        return sensor, fmt_name, t
+    return None
+
+
 class ArchiveIndex:
     def __init__(self, root: str | Path, registry: Registry):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ArchiveError(f"{self.root}: archive directory does not exist")
         self.registry = registry
-        self._parsers = [(s, fname, Parser(p), f) for s in registry.sensors.values()
-                         for fname, f in s.formats.items() for p in f.patterns]
+        self._parsers = parsers(registry)
         self.entries: dict[tuple[str, str], dict[dt.datetime, list[Path]]] = defaultdict(lambda: defaultdict(list))
         for dirpath, _dirs, names in os.walk(self.root):
             for name in names:
@@ -78,21 +102,10 @@ class ArchiveIndex:
                     self._add(Path(dirpath) / name)
 
     def _add(self, path: Path) -> None:
-        for sensor, fmt_name, parser, fmt in self._parsers:
-            try:
-                info = parser.parse(path.name)
-            except ValueError:
-                continue
-            t = info[fmt.time_key] + dt.timedelta(seconds=fmt.time_offset_s)
-            if fmt.cycle_key:  # 1-based repeat cycle of the day; chunks late in the last cycle run past midnight
-                day = dt.datetime(t.year, t.month, t.day)
-                cycle = int(info[fmt.cycle_key])
-                slot = day + (cycle - 1) * dt.timedelta(minutes=sensor.repeat_cycle_minutes)
-                t = slot - dt.timedelta(days=1) if slot - t > dt.timedelta(hours=12) else slot
-            elif sensor.kind == "geostationary":
-                t = _round_to_slot(t, sensor.repeat_cycle_minutes)
+        hit = identify(path.name, self._parsers)
+        if hit is not None:
+            sensor, fmt_name, t = hit
             self.entries[(sensor.name, fmt_name)][t].append(path)
-            return
 
     def times(self, sensor: str, formats: list[str]) -> list[dt.datetime]:
         """Slots for which every one of ``formats`` has files."""

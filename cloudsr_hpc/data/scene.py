@@ -29,6 +29,21 @@ from .sensors import STANDARD_NAMES, Sensor
 GRID_MAPPING = "geostationary"
 
 
+def channel_attrs(sensor: Sensor, name: str) -> dict:
+    """CF attributes of one channel variable."""
+    ch = sensor.channel(name)
+    return {"units": ch.units, "standard_name": STANDARD_NAMES[ch.quantity],
+            "long_name": f"{sensor.long_name} {name} {ch.quantity.replace('_', ' ')}",
+            "wavelength_um": ch.wavelength_um}
+
+
+def history_line(what: str) -> str:
+    """A CF ``history`` entry: when, which program, what."""
+    from .. import __version__
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return f"{now} cloudsr-hpc {__version__}: {what}"
+
+
 def make_scene(values: dict[str, np.ndarray], sensor: Sensor, start_time: dt.datetime,
                grid: GeosGrid | None = None, lon: np.ndarray | None = None, lat: np.ndarray | None = None,
                platform: str = "", source_files: list[str] | None = None, extra_attrs: dict | None = None,
@@ -38,15 +53,12 @@ def make_scene(values: dict[str, np.ndarray], sensor: Sensor, start_time: dt.dat
         raise ValueError("give either a geostationary grid or swath lon/lat")
     data_vars = {}
     for name, arr in values.items():
-        ch = sensor.channel(name)
-        attrs = {"units": ch.units, "standard_name": STANDARD_NAMES[ch.quantity],
-                 "long_name": f"{sensor.long_name} {name} {ch.quantity.replace('_', ' ')}",
-                 "wavelength_um": ch.wavelength_um}
+        attrs = channel_attrs(sensor, name)
         attrs.update({"grid_mapping": GRID_MAPPING} if grid is not None else {"coordinates": "lat lon"})
         data_vars[name] = (("y", "x"), np.asarray(arr, dtype=np.float32), attrs)
     attrs = {"Conventions": "CF-1.10", "title": f"{sensor.long_name} scene (cloudsr-hpc canonical form)",
              "sensor": sensor.name, "platform": platform, "start_time": start_time.isoformat(),
-             "source_files": ";".join(source_files or [])}
+             "source_files": ";".join(source_files or []), "history": history_line("canonical scene written")}
     attrs.update(extra_attrs or {})
     if grid is not None:
         coords = {"x": ("x", grid.x, {"standard_name": "projection_x_coordinate", "units": "m",
@@ -91,11 +103,18 @@ def encoding_for(ds: xr.Dataset, chunk: int = 512, complevel: int = 4) -> dict:
     return enc
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_path(final: Path):
     """A temporary sibling of ``final`` (same filesystem, so ``os.replace`` is atomic)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the product gets the usual permissions
     return Path(tmp)
 
 

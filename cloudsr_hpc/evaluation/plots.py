@@ -41,3 +41,61 @@ def pairs_quicklook(shard: str | Path, out_png: str | Path, n: int = 4) -> Path:
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
     return out_png
+
+
+def _busiest_window(img: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left of the ``size`` window (on a half-window grid) with the most valid structure."""
+    h, w = img.shape
+    best, at = -1.0, (0, 0)
+    for r in range(0, max(1, h - size + 1), max(1, size // 2)):
+        for c in range(0, max(1, w - size + 1), max(1, size // 2)):
+            win = img[r:r + size, c:c + size]
+            if np.isfinite(win).mean() > 0.9 and np.nanstd(win) > best:
+                best, at = float(np.nanstd(win)), (r, c)
+    return at
+
+
+def sr_quicklook(lr: np.ndarray, lr_channels: list[str], output_nc: str | Path, out_png: str | Path,
+                 max_side: int = 640, zoom_lr: int = 48) -> Path:
+    """LR vs SR per channel: the whole scene (subsampled) and a full-resolution zoom on the most
+    structured window.  Reads the output strided, so a full disk never sits in memory."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import netCDF4
+    output_nc, out_png = Path(output_nc), Path(out_png)
+    with netCDF4.Dataset(output_nc) as nc:
+        scale = int(nc.getncattr("scale"))
+        names = [v for v in nc.variables if nc[v].dimensions == ("y", "x")]
+        h, w = lr.shape[1:]
+        k = max(1, -(-max(h, w) // max_side))  # LR subsampling for the overview
+        zoom_lr = min(zoom_lr, h, w)
+        r0, c0 = _busiest_window(lr[-1, ::1, ::1], zoom_lr)
+        rows = []
+        for i, name in enumerate(names):
+            sr_over = np.ma.filled(nc[name][::k * scale, ::k * scale].astype(np.float32), np.nan)
+            sr_zoom = np.ma.filled(nc[name][r0 * scale:(r0 + zoom_lr) * scale, c0 * scale:(c0 + zoom_lr) * scale]
+                                   .astype(np.float32), np.nan)
+            rows.append((name, lr_channels[i], sr_over, sr_zoom, nc[name].getncattr("units")))
+    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
+    for i, (name, lname, sr_over, sr_zoom, units) in enumerate(rows):
+        lr_over, lr_zoom = lr[i, ::k, ::k], lr[i, r0:r0 + zoom_lr, c0:c0 + zoom_lr]
+        vmin, vmax = np.nanpercentile(lr_zoom, [1, 99]) if np.isfinite(lr_zoom).any() else (0, 1)
+        cmap = "gray_r" if units == "K" else "gray"  # clouds white
+        for j, (img, title) in enumerate(((lr_over, f"LR {lname}"), (sr_over, f"SR {name}"),
+                                          (lr_zoom, f"LR zoom ({zoom_lr} px)"), (sr_zoom, f"SR zoom (x{scale})"))):
+            ax = axes[i, j]
+            ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(title, fontsize=9)
+    fig.suptitle(output_nc.name, fontsize=10)
+    fig.tight_layout()
+    from ..data.scene import atomic_path
+    tmp = atomic_path(out_png)
+    try:
+        fig.savefig(tmp, dpi=80, format="png")
+        tmp.replace(out_png)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out_png

@@ -43,6 +43,22 @@ def plan_tiles(valid: np.ndarray, tile: int, overlap: int) -> list[Tile]:
     return out
 
 
+@dataclass(frozen=True)
+class Blend:
+    halo: int  # HR pixels of zero weight next to an interior tile edge
+    ramp: int  # HR pixels of Hann ramp after the halo
+    exact: bool  # every output pixel is a mean of exact (whole-scene) values
+
+
+def blend_geometry(overlap_hr: int, margin_hr: int) -> Blend:
+    """Halo and ramp for an overlap: a halo of the receptive margin makes tiling exact if two
+    halos fit in the overlap, the rest ramps; otherwise a quarter-overlap halo and half-overlap
+    ramp still hide the (then approximate) transition smoothly."""
+    if 2 * margin_hr <= overlap_hr:
+        return Blend(margin_hr, overlap_hr - 2 * margin_hr, True)
+    return Blend(overlap_hr // 4, overlap_hr - 2 * (overlap_hr // 4), False)
+
+
 def _profile(n: int, halo: int, ramp: int, start_interior: bool, end_interior: bool) -> np.ndarray:
     p = np.ones(n, np.float64)
     ramp_w = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp) if ramp else np.zeros(0)
@@ -63,23 +79,44 @@ def blend_window(rows: int, cols: int, halo: int, ramp: int, interior: tuple[boo
 
 
 class Accumulator:
-    """Weighted sum and weight of tile predictions on an output grid (C, H, W)."""
+    """Weighted sum and weight of tile predictions over output rows [row0, row0 + rows) of a
+    (C, H, W) grid.  Contributions outside those rows are clipped, so a rank or a rolling window
+    holds only its own rows; :meth:`pop` hands finished rows out and moves the window down."""
 
-    def __init__(self, channels: int, rows: int, cols: int):
+    def __init__(self, channels: int, rows: int, cols: int, row0: int = 0):
         self.sum = np.zeros((channels, rows, cols), np.float32)
         self.weight = np.zeros((rows, cols), np.float32)
+        self.row0 = row0
 
     def add(self, pred: np.ndarray, valid: np.ndarray, window: np.ndarray, row0: int, col0: int) -> None:
-        """Add a (C, h, w) prediction at (row0, col0); ``valid`` (h, w) zeroes invalid pixels' weight."""
+        """Add a (C, h, w) prediction at global (row0, col0); ``valid`` (h, w) zeroes invalid pixels' weight."""
         _, h, w = pred.shape
-        wgt = window * valid.astype(np.float32)
-        self.sum[:, row0:row0 + h, col0:col0 + w] += np.where(wgt > 0, pred, 0.0) * wgt
-        self.weight[row0:row0 + h, col0:col0 + w] += wgt
+        a, b = max(row0, self.row0), min(row0 + h, self.row0 + self.weight.shape[0])
+        if a >= b:
+            return
+        src, dst = slice(a - row0, b - row0), slice(a - self.row0, b - self.row0)
+        wgt = window[src] * valid[src].astype(np.float32)
+        self.sum[:, dst, col0:col0 + w] += np.where(wgt > 0, pred[:, src], 0.0) * wgt
+        self.weight[dst, col0:col0 + w] += wgt
+
+    @staticmethod
+    def _normalise(s: np.ndarray, w: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = s / w
+        return np.where(w > 0, out, np.nan).astype(np.float32)
 
     def result(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = self.sum / self.weight
-        return np.where(self.weight > 0, out, np.nan).astype(np.float32)
+        return self._normalise(self.sum, self.weight)
+
+    def pop(self, n: int) -> np.ndarray:
+        """The first ``n`` rows, finished (no later tile may touch them); the window moves down by n."""
+        out = self._normalise(self.sum[:, :n], self.weight[:n])
+        rows = self.weight.shape[0]
+        for a in (self.sum, self.weight):
+            a[..., :rows - n, :] = a[..., n:, :].copy()
+            a[..., rows - n:, :] = 0.0
+        self.row0 += n
+        return out
 
 
 def interior_edges(t: Tile, scene_rows: int, scene_cols: int) -> tuple[bool, bool, bool, bool]:

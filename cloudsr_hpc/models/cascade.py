@@ -74,6 +74,33 @@ class Cascade:
         self.stages, self.seed = stages, seed
         self.scale = int(stages[0].meta["scale"])
 
+    @property
+    def lr_channels(self) -> list[str]:
+        return list(self.stages[0].meta["lr_channels"])
+
+    @property
+    def hr_channels(self) -> list[str]:
+        return list(self.stages[0].meta["hr_channels"])
+
+    def input_norm(self) -> tuple[list[float], list[float]]:
+        """(lo, hi) mapping the LR input to [-1, 1]: Stage 1 and the regression baseline were
+        trained on LR-sensor values, a lone Stage 2 on degraded HR-sensor values."""
+        first = self.stages[0].meta
+        return first["norm_hr"] if first.get("stage") == 2 else first.get("norm_lr", first["norm_hr"])
+
+    def output_norm(self) -> tuple[list[float], list[float]]:
+        return self.stages[-1].meta["norm_hr"]
+
+    def receptive_margin_hr(self) -> int:
+        """HR pixels an input change can travel: bicubic (2 LR px) plus, per stage, one network
+        margin per sampling step (each step feeds the previous prediction back in)."""
+        steps = [1 if st.diffusion is None else st.diffusion.steps for st in self.stages]
+        return 2 * self.scale + sum(n * st.model.receptive_margin() for n, st in zip(steps, self.stages))
+
+    def describe(self) -> str:
+        return " -> ".join(f"stage {st.meta.get('stage')}" + ("" if st.diffusion is None else f" (T={st.diffusion.steps})")
+                           for st in self.stages)
+
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor, lr_mask: torch.Tensor, origins: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised LR (N, C, h, w) + mask -> (normalised HR, HR validity mask); ``origins`` are the

@@ -122,6 +122,20 @@ class ConditionalUNet(nn.Module):
         """Input sides must be a multiple of this."""
         return 2 ** (self.levels - 1)
 
+    def receptive_margin(self, probe: int = 256) -> int:
+        """How many pixels away an input can still change an output pixel, measured: the support
+        of d(output centre)/d(inputs) on a ``probe``-sized random input (tiling needs a halo this wide
+        for tiles to reproduce the whole scene)."""
+        probe = max(probe, 4 * self.multiple)
+        dev = next(self.parameters()).device
+        g = torch.Generator().manual_seed(0)
+        x, y = (torch.randn(1, self.channels, probe, probe, generator=g).to(dev).requires_grad_() for _ in range(2))
+        with torch.enable_grad():
+            out = self(x, y, torch.ones(1, dtype=torch.long, device=dev), torch.ones(1, 1, probe, probe, device=dev))
+            out[0, :, probe // 2, probe // 2].sum().backward()
+        support = ((x.grad.abs() + y.grad.abs()).sum(dim=(0, 1)) > 0).nonzero()
+        return int((support - probe // 2).abs().max())
+
     def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x_t, y: (N, C, H, W); t: (N,) step indices; mask: (N, 1, H, W) in {0, 1}."""
         x_t, y = x_t * mask, y * mask

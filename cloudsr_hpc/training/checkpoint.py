@@ -82,4 +82,6 @@ def load_model(path: str | Path) -> tuple[dict, dict]:
         raise InputError(f"{path}: cannot load with weights_only=True ({e.__class__.__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise InputError(f"{path}: not a {FORMAT} checkpoint")
-    return blob["state_dict"], json.loads(blob["meta"])
+    meta = json.loads(blob["meta"])
+    meta["sha256"] = expected  # verified above; outputs record it as provenance
+    return blob["state_dict"], meta

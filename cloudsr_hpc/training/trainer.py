@@ -233,7 +233,8 @@ class Trainer:
         lo, hi = self.train_set.lo, self.train_set.hi
         meta = {"stage": self.cfg.stage, "channels": self.channels, "scale": self.scale,
                 "lr_channels": self.train_set.attrs["lr_channels"], "hr_channels": self.train_set.attrs["hr_channels"],
-                "norm_hr": [lo.tolist(), hi.tolist()], "config": to_dict(self.cfg), "step": self.step,
+                "norm_hr": [lo.tolist(), hi.tolist()],
+                "norm_lr": [self.train_set.lo_lr.tolist(), self.train_set.hi_lr.tolist()], "config": to_dict(self.cfg), "step": self.step,
                 "cloudsr_hpc_version": __version__}
         return export_model(self.out / "export", self.ema.shadow, meta)
 

@@ -1,0 +1,123 @@
+"""``python -m cloudsr_hpc.infer``: super-resolve scenes with the trained cascade.
+
+    python -m cloudsr_hpc.infer --input FILE... [--out DIR] [--stages 1|2|cascade|regression]
+    python -m cloudsr_hpc.infer --date 2024-06-01T12:00 [--end ... ] [--archive DIR] [--out DIR]
+    mpiexec -n 4 python -m cloudsr_hpc.infer --date ...            # ranks share each scene (row bands)
+    mpiexec -n 4 python -m cloudsr_hpc.infer --date A --end B --shard scenes   # ranks take whole scenes
+
+``--input`` takes a canonical CF scene (``submit read``) or the LR sensor's own files (e.g. a
+SEVIRI L1.5 NetCDF); ``--date`` looks the scene up in the archive.  One CF NetCDF4 file per
+scene lands in the output directory (plus a quicklook PNG); an existing verified output is kept
+unless ``--overwrite``.  Several scenes: a failing one is reported and the others still run.
+Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line each on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import load
+from .errors import CloudSRError, one_line
+
+log = logging.getLogger("cloudsr_hpc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m cloudsr_hpc.infer", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="infer.yaml", help="inference YAML (default: configs/infer.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", help="one scene: canonical NetCDF or the LR sensor's files")
+    src.add_argument("--date", help="scene time (nearest slot within half a repeat cycle)")
+    ap.add_argument("--end", help="with --date: every scene from --date to --end")
+    ap.add_argument("--archive", help="archive root for --date (default: infer.archive)")
+    ap.add_argument("--out", help="output directory (default: infer.out_dir)")
+    ap.add_argument("--stages", choices=["1", "2", "cascade", "regression"], help="default: infer.stages")
+    ap.add_argument("--shard", choices=["bands", "scenes"], default="bands",
+                    help="MPI: ranks share every scene by row bands, or each rank takes whole scenes")
+    ap.add_argument("--overwrite", action="store_true", help="redo scenes whose output already exists")
+    ap.add_argument("--sensors", default="sensors.yaml", help="sensor registry YAML")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def run(args) -> int:
+    from .data.index import parse_date
+    from .data.sensors import load_registry
+    from .inference.mpi import Ranks, world
+    from .inference.pipeline import ScenePipeline, json_summary, scene_files_for_dates
+    from .schema import InferConfig
+    sets = list(args.set) + ([f"stages={args.stages}"] if args.stages else [])
+    cfg = load(InferConfig, args.config, sets)
+    ranks = world()
+    if ranks.rank:
+        logging.getLogger().setLevel(logging.WARNING)
+    reg = load_registry(args.sensors)
+    if args.date:
+        start = parse_date(args.date)
+        end = parse_date(args.end) if args.end else None
+        if end is not None and end < start:
+            raise CloudSRError(f"--end {args.end} is before --date {args.date}")
+        scenes = scene_files_for_dates(args.archive or cfg.archive, reg, cfg.pair, start, end)
+    else:
+        scenes = [[Path(f) for f in args.input]]
+    mine, scene_ranks = (scenes[ranks.rank::ranks.size], Ranks()) if args.shard == "scenes" else (scenes, ranks)
+    pipe = ScenePipeline(cfg, reg, scene_ranks, args.out or cfg.out_dir, progress=not args.quiet)
+    failures = 0
+    for files in mine:
+        try:
+            if not args.overwrite:
+                done = _existing(pipe, files, scene_ranks)
+                if done is not None:
+                    if scene_ranks.rank == 0:
+                        log.info("%s: exists and verifies, kept (--overwrite to redo)", done)
+                    continue
+            res = pipe.run(files)
+            if scene_ranks.rank == 0:
+                print(json_summary(res), flush=True)
+        except CloudSRError as e:
+            failures += 1
+            if scene_ranks.rank == 0:
+                print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    return 2 if failures else 0
+
+
+def _existing(pipe, files, ranks):
+    """The output of this scene if it already exists and verifies (decided on rank 0)."""
+    from .data.index import identify, parsers
+    from .inference.pipeline import verify_output
+    hit = identify(Path(files[0]).name, parsers(pipe.reg))
+    if hit is None:  # a canonical scene: its time is inside the file; just recompute
+        return None
+    path = pipe.output_path(hit[2])
+    ok = None
+    if ranks.rank == 0 and path.exists():
+        try:
+            verify_output(path, pipe.cascade.hr_channels)
+            ok = path
+        except CloudSRError as e:
+            log.warning("%s: replacing unverifiable output (%s)", path, e)
+    return ranks.bcast(ok)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("satpy", "pyresample", "pyorbital", "h5py", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return run(args)
+    except CloudSRError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""One scene through the cascade: read -> normalise -> tiles -> rank bands -> stitched CF file.
+
+Sharding: the output rows are cut into bands that start on chunk rows, one per rank, balanced by
+the number of valid (on-disk) LR pixels.  The tile plan is global and fixed; a rank computes every
+tile that touches its band (tiles straddling a boundary are computed by both neighbours) and keeps
+only its rows.  Each output pixel therefore gets the same tiles, computed in the same batch shape,
+summed in the same order, whatever the number of ranks.
+
+Memory per rank is bounded by a rolling window, not by the band: tiles come in row order, rows
+above the current tile row are final, and finished chunk rows are written and dropped at once.
+A rank holds (tile + chunk) HR rows of the accumulator plus the LR scene (1/scale^2 of the output).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .. import __version__
+from ..config import dump_yaml
+from ..data.geometry import GeosGrid
+from ..data.scene import channel_attrs, history_line, read_scene, scene_grid, scene_time
+from ..data.sensors import Registry
+from ..errors import CloudSRError, ConfigError, InputError, OutputError, one_line
+from ..models.cascade import Cascade, Stage
+from ..schema import InferConfig
+from .mpi import Ranks
+from .runner import TileRunner, pick_device
+from .tiling import Accumulator, Blend, Tile, blend_geometry, blend_window, interior_edges, plan_tiles
+from .writer import BandSink, OutputSpec, create_output, merge_part, part_path, publish, remove_stale, temp_output
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- model and input
+def checkpoints_for(cfg: InferConfig) -> list[str]:
+    return {"1": [cfg.stage1_checkpoint], "2": [cfg.stage2_checkpoint],
+            "cascade": [cfg.stage1_checkpoint, cfg.stage2_checkpoint],
+            "regression": [cfg.regression_checkpoint]}[cfg.stages]
+
+
+def load_cascade(cfg: InferConfig, device="cpu") -> Cascade:
+    return Cascade([Stage.load(p, device) for p in checkpoints_for(cfg)], seed=cfg.seed)
+
+
+@dataclass
+class LRScene:
+    values: np.ndarray  # (C, H, W) physical units, NaN invalid
+    grid: GeosGrid
+    time: dt.datetime
+    sensor: str
+    files: list[str]
+    sha256: list[str] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_input(files: list[str | Path], registry: Registry, sensor_name: str, channels: list[str]) -> LRScene:
+    """An LR scene from a canonical NetCDF scene or from the sensor's own files (through satpy)."""
+    from ..data.index import identify, parsers
+    from ..data.readers import read_files
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+    hits = [identify(p.name, parsers(registry)) for p in paths]
+    if all(h is not None for h in hits):
+        sensors = {h[0].name for h in hits}
+        if sensors != {sensor_name}:
+            raise InputError(f"{paths[0]}: {'/'.join(sorted(sensors))} files, but the model takes {sensor_name}")
+        ds = read_files(paths, registry.sensor(sensor_name), sorted({h[1] for h in hits}), channels)
+    elif len(paths) == 1:
+        ds = read_scene(paths[0], channels)
+        if ds.attrs.get("sensor") != sensor_name:
+            raise InputError(f"{paths[0]}: scene of sensor '{ds.attrs.get('sensor')}', the model takes {sensor_name}")
+    else:
+        bad = next(p for p, h in zip(paths, hits) if h is None)
+        raise InputError(f"{bad}: not a recognised {sensor_name} file name (and several files given)")
+    grid = scene_grid(ds)
+    if grid is None:
+        raise InputError(f"{paths[0]}: not a geostationary scene (inference runs on the LR disk grid)")
+    values = np.stack([ds[c].values.astype(np.float32) for c in channels])
+    return LRScene(values, grid, scene_time(ds), sensor_name, [p.name for p in paths], [_sha256(p) for p in paths])
+
+
+def normalise(values: np.ndarray, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """Physical (C, H, W) -> ([-1, 1] with invalid pixels 0, validity (H, W) of all channels)."""
+    lo, hi = np.asarray(lo, np.float32)[:, None, None], np.asarray(hi, np.float32)[:, None, None]
+    valid = np.isfinite(values).all(axis=0)
+    x = np.where(valid, (np.nan_to_num(values) - lo) / (hi - lo) * 2.0 - 1.0, 0.0).astype(np.float32)
+    return x, valid
+
+
+def denormalise(x: np.ndarray, lo, hi) -> np.ndarray:
+    lo, hi = np.asarray(lo, np.float32)[:, None, None], np.asarray(hi, np.float32)[:, None, None]
+    return ((x + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
+
+
+def output_name(pair: str, stages: str, t: dt.datetime) -> str:
+    return f"cloudsr_{pair}_{stages}_{t:%Y%m%dT%H%M%S}.nc"
+
+
+# ----------------------------------------------------------------------------- sharding
+def partition_bands(row_weight: np.ndarray, chunk: int, total: int, n: int) -> list[tuple[int, int]]:
+    """Split [0, total) HR rows into ``n`` contiguous bands starting on chunk rows, balancing
+    ``row_weight`` (one weight per chunk row).  Bands may be empty when n exceeds the chunk rows."""
+    cum = np.concatenate([[0.0], np.cumsum(np.asarray(row_weight, float) + 1e-9)])
+    cuts = [0] + [int(np.searchsorted(cum, cum[-1] * r / n)) for r in range(1, n)] + [len(row_weight)]
+    cuts = np.maximum.accumulate(cuts)
+    return [(min(int(a) * chunk, total), min(int(b) * chunk, total)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def band_tiles(tiles: list[Tile], scale: int, a: int, b: int) -> list[Tile]:
+    """Tiles whose HR rows touch [a, b)."""
+    return [t for t in tiles if t.row0 * scale < b and (t.row0 + t.rows) * scale > a]
+
+
+# ----------------------------------------------------------------------------- the pipeline
+@dataclass
+class SceneResult:
+    path: Path
+    tiles: int
+    seconds: dict
+    ranks: int
+    peak_rss_mb: list = field(default_factory=list)
+
+
+def peak_rss_mb() -> int:
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
+class ScenePipeline:
+    """Super-resolves scenes with one cascade over the given ranks (see the module docstring)."""
+
+    def __init__(self, cfg: InferConfig, registry: Registry, ranks: Ranks, out_dir: str | Path,
+                 cascade: Cascade | None = None, progress: bool = True):
+        self.cfg, self.reg, self.ranks, self.progress = cfg, registry, ranks, progress
+        self.out_dir = Path(out_dir).resolve()
+        self.pair = registry.pair(cfg.pair)
+        self.device = pick_device(ranks.local_rank)
+        if cfg.cpu_threads > 0:  # CPU kernels partition work by thread count: fix it for bitwise results
+            import torch
+            torch.set_num_threads(cfg.cpu_threads)
+        self.cascade = cascade or load_cascade(cfg, self.device)
+        self.scale = self.cascade.scale
+        if cfg.chunk % self.scale:
+            raise ConfigError(f"infer.chunk: {cfg.chunk} must be a multiple of the model's scale {self.scale}")
+        if self.cascade.lr_channels != self.pair.lr_channels:
+            raise InputError(f"{checkpoints_for(cfg)[0]}: model channels {self.cascade.lr_channels} "
+                             f"differ from pair {self.pair.name}'s {self.pair.lr_channels}")
+        if self.cascade.scale != self.pair.scale:
+            raise InputError(f"{checkpoints_for(cfg)[0]}: model scale x{self.scale}, pair {self.pair.name} is x{self.pair.scale}")
+        self.runner = TileRunner(self.cascade, self.device, cfg.batch_size, cfg.precision, cfg.compile)
+        self.blend = self._blend()
+
+    def _blend(self) -> Blend:
+        overlap_hr = self.cfg.overlap_lr * self.scale
+        if self.cfg.halo_hr >= 0:
+            halo = min(self.cfg.halo_hr, overlap_hr // 2)
+            return Blend(halo, overlap_hr - 2 * halo, False)
+        margin = self.ranks.bcast(self.cascade.receptive_margin_hr() if self.ranks.rank == 0 else None)
+        blend = blend_geometry(overlap_hr, margin)
+        if self.ranks.rank == 0:
+            log.info("receptive margin %d HR px, overlap %d: halo %d + Hann ramp %d (%s)", margin, overlap_hr,
+                     blend.halo, blend.ramp, "exact tiling" if blend.exact else
+                     f"approximate; overlap_lr >= {-(-2 * margin // self.scale)} makes it exact")
+        return blend
+
+    # -- helpers
+    def output_path(self, t: dt.datetime) -> Path:
+        path = (self.out_dir / output_name(self.pair.name, self.cfg.stages, t)).resolve()
+        if path.parent != self.out_dir:
+            raise OutputError(f"{path}: outside the configured output root {self.out_dir}")
+        return path
+
+    def spec(self, scene: LRScene, extra: dict) -> OutputSpec:
+        hr_sensor = self.reg.sensor(self.pair.hr)
+        chans = self.cascade.hr_channels
+        lo, hi = self.cascade.output_norm()
+        pad = [(h - l) * 0.25 for l, h in zip(lo, hi)]  # room for values beyond the training range
+        attrs = {
+            "Conventions": "CF-1.10", "title": f"{self.pair.lr} -> {self.pair.hr} super-resolution (cloudsr-hpc)",
+            "institution": "cloudsr-hpc", "source": f"cloudsr-hpc {__version__} {self.cascade.describe()}",
+            "history": history_line(f"super-resolved {';'.join(scene.files)} x{self.scale} ({self.cfg.stages})"),
+            "sensor": self.pair.hr, "source_sensor": scene.sensor, "platform": "",
+            "start_time": scene.time.isoformat(), "source_files": ";".join(scene.files),
+            "source_sha256": ";".join(scene.sha256), "scale": self.scale, "stages": self.cfg.stages,
+            "model_checkpoints": ";".join(str(Path(p).resolve()) for p in checkpoints_for(self.cfg)),
+            "model_sha256": ";".join(st.meta.get("sha256", "") for st in self.cascade.stages),
+            "infer_config": dump_yaml(self.cfg), "cloudsr_hpc_version": __version__,
+            "date_created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+            **{k: v for k, v in scene.grid.scaled(self.scale).to_attrs().items()}, **extra}
+        return OutputSpec(chans, {c: channel_attrs(hr_sensor, c) for c in chans}, scene.grid.scaled(self.scale),
+                          self.cfg.chunk, self.cfg.packing, self.cfg.complevel,
+                          {c: (l - p, h + p) for c, l, h, p in zip(chans, lo, hi, pad)}, attrs)
+
+    # -- one scene
+    def run(self, files: list[str | Path] | None) -> SceneResult:
+        """Super-resolve the scene in ``files`` (read on rank 0, broadcast); every rank calls this."""
+        r = self.ranks
+        t0 = time.perf_counter()
+        scene, err = None, None
+        if r.rank == 0:
+            try:
+                scene = read_input(files, self.reg, self.pair.lr, self.pair.lr_channels)
+            except Exception as e:  # noqa: BLE001 - every rank must hear of it, not wait in a collective
+                err = _message(e, files[0] if files else "input")
+        self._fail_if(r.agree(err), InputError)
+        values = r.bcast_array(scene.values if scene else None)
+        meta = r.bcast(None if scene is None else {k: v for k, v in scene.__dict__.items() if k != "values"})
+        scene = LRScene(values, **meta)
+        t_read = time.perf_counter() - t0
+
+        lr, valid = normalise(scene.values, *self.cascade.input_norm())
+        tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
+        s, (h, w) = self.scale, valid.shape
+        chunk = min(self.cfg.chunk, h * s)
+        weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
+        bands = partition_bands(np.array(weights), chunk, h * s, r.size)
+        a, b = bands[r.rank]
+        final = self.output_path(scene.time)
+        spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr, "overlap_lr": self.cfg.overlap_lr,
+                                 "halo_hr": self.blend.halo, "ramp_hr": self.blend.ramp,
+                                 "tiling_exact": int(self.blend.exact), "seed": self.cfg.seed})
+
+        tmp, err = None, None
+        if r.rank == 0:
+            try:
+                remove_stale(final)
+                tmp = temp_output(final)
+                create_output(tmp, spec)
+            except Exception as e:  # noqa: BLE001
+                err = _message(e, final, "cannot create output")
+        self._fail_if(r.agree(err), OutputError, tmp=tmp)
+        tmp = r.bcast(tmp)
+
+        t1 = time.perf_counter()
+        mine = band_tiles(tiles, s, a, b)
+        target = tmp if r.rank == 0 else part_path(final, r.rank)
+        err = None
+        try:
+            if b > a:
+                self._compute_band(lr, valid, scene, mine, spec, target, a, b, part=r.rank > 0)
+        except Exception as e:  # noqa: BLE001
+            err = _message(e, final, f"write failed on rank {r.rank}")
+        t_compute = time.perf_counter() - t1
+        self._fail_if(r.agree(err), OutputError, final, tmp)
+
+        t2, err = time.perf_counter(), None
+        if r.rank == 0:
+            try:
+                for k, (pa, pb) in enumerate(bands[1:], start=1):
+                    if pb > pa:
+                        merge_part(tmp, part_path(final, k), pa, spec.channels)
+                publish(tmp, final)
+            except Exception as e:  # noqa: BLE001
+                err = _message(e, final, "assembling the output failed")
+        self._fail_if(r.agree(err), OutputError, final, tmp)
+        for k in range(r.size):
+            if k and r.rank == 0:
+                part_path(final, k).unlink(missing_ok=True)
+        t_merge = time.perf_counter() - t2
+        if r.rank == 0 and self.cfg.quicklook:
+            from ..evaluation.plots import sr_quicklook
+            try:
+                sr_quicklook(scene.values, self.pair.lr_channels, final, final.with_suffix(".png"))
+            except OSError as e:  # the product is complete; a missing picture is not a failure
+                log.warning("%s: quicklook not written (%s)", final, one_line(e))
+        seconds = {"read": t_read, "compute": t_compute, "merge": t_merge, "total": time.perf_counter() - t0}
+        rss = r.gather(peak_rss_mb())
+        if r.rank == 0:
+            log.info("%s: %d tiles on %d rank(s), %.1f s (read %.1f, compute %.1f, merge %.1f), peak RSS/rank %s MB",
+                     final.name, len(tiles), r.size, seconds["total"], t_read, t_compute, t_merge, rss)
+        return SceneResult(final, len(tiles), seconds, r.size, rss or [])
+
+    def _fail_if(self, err: str | None, kind, final: Path | None = None, tmp: Path | None = None) -> None:
+        """On an agreed error every rank removes what it wrote (its part; rank 0 the temporary
+        output), then raises: nothing partial is left under any name."""
+        if err is None:
+            return
+        if final is not None:
+            part_path(final, self.ranks.rank).unlink(missing_ok=True)
+        if tmp is not None and self.ranks.rank == 0:
+            Path(tmp).unlink(missing_ok=True)
+        raise kind(err)
+
+    def _compute_band(self, lr, valid, scene: LRScene, tiles: list[Tile], spec: OutputSpec, target: Path,
+                      a: int, b: int, part: bool) -> None:
+        s, (h, w) = self.scale, valid.shape
+        chunk = spec.chunks[0]
+        th = max((t.rows for t in tiles), default=0) * s
+        acc = Accumulator(len(spec.channels), min(b - a, th + chunk), w * s, row0=a)
+        lo, hi = self.cascade.output_norm()
+        sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads)
+        windows: dict = {}
+        done = a
+
+        def flush(limit: int) -> int:
+            nonlocal done
+            while done < b and (done + chunk <= limit or limit >= b):
+                n = min(chunk, b - done)
+                sink.write(done, denormalise(acc.pop(n), lo, hi))
+                done += n
+            return done
+
+        origin = (scene.grid.row0 * s, scene.grid.col0 * s)
+        from tqdm import tqdm
+        bar = tqdm(total=len(tiles), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
+                   disable=not (self.progress and self.ranks.rank == 0))
+        try:
+            for tile, pred, hr_valid in self.runner.run(lr, valid, tiles, origin):
+                flush(min(tile.row0 * s, b))
+                edges = interior_edges(tile, h, w)
+                if edges not in windows:
+                    windows[edges] = blend_window(tile.rows * s, tile.cols * s, self.blend.halo, self.blend.ramp, edges)
+                assert min((tile.row0 + tile.rows) * s, b) <= acc.row0 + acc.weight.shape[0], "window too small"
+                acc.add(pred, hr_valid, windows[edges], tile.row0 * s, tile.col0 * s)
+                bar.update()
+            flush(b)
+        finally:
+            bar.close()
+            sink.close()
+
+
+def _message(e: Exception, where, what: str = "") -> str:
+    """One line for any failure: our errors already name their file; others get the path and type."""
+    if isinstance(e, CloudSRError):
+        return str(e)
+    return f"{where}: {what + ' ' if what else ''}({e.__class__.__name__}: {one_line(e)[:200]})"
+
+
+def scene_files_for_dates(archive: str | Path, registry: Registry, pair_name: str, start: dt.datetime,
+                          end: dt.datetime | None = None) -> list[list[Path]]:
+    """The LR files of the scene nearest ``start`` (within half a repeat cycle), or of every scene in [start, end]."""
+    from ..data.index import ArchiveIndex
+    pair = registry.pair(pair_name)
+    idx = ArchiveIndex(archive, registry)
+    if end is None:
+        return [idx.find(pair.lr, pair.lr_formats, start).files]
+    scenes = idx.between(pair.lr, pair.lr_formats, start, end)
+    if not scenes:
+        from ..errors import ArchiveError
+        raise ArchiveError(f"{archive}: no {pair.lr} scene between {start.isoformat()} and {end.isoformat()}")
+    return [sc.files for sc in scenes]
+
+
+def verify_output(path: str | Path, channels: list[str] | None = None) -> dict:
+    """Check a finished output opens and is one of ours; returns its global attributes."""
+    path = Path(path)
+    try:
+        with xr.open_dataset(path, engine="netcdf4", decode_cf=False) as ds:
+            attrs = dict(ds.attrs)
+            have = [v for v in ds.data_vars if ds[v].dims == ("y", "x")]
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable output ({one_line(e)[:200]})") from None
+    if "source_sha256" not in attrs or not have:
+        raise InputError(f"{path}: not a cloudsr-hpc output (provenance missing)")
+    if channels and sorted(have) != sorted(channels):
+        raise InputError(f"{path}: channels {have}, expected {channels}")
+    return attrs
+
+
+def json_summary(res: SceneResult) -> str:
+    return json.dumps({"output": str(res.path), "tiles": res.tiles, "ranks": res.ranks,
+                       "seconds": {k: round(v, 2) for k, v in res.seconds.items()}, "peak_rss_mb": res.peak_rss_mb})

@@ -1,0 +1,78 @@
+"""Batched execution of a cascade over tiles on one device.
+
+Every batch has the same shape (the last one is padded by repeating its last tile), so a tile's
+numbers do not depend on which rank or batch slot computes it.  While the device runs batch k,
+a worker thread cuts and pins batch k+1 on the host (copies to the device are ``non_blocking``
+from pinned memory), so host work and transfers overlap with compute.  On a GPU the forward runs
+under bf16 autocast when ``precision`` says so; always under ``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..models.cascade import Cascade
+from .tiling import Tile
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(local_rank: int | None = None) -> torch.device:
+    """The rank's GPU (``LOCAL_RANK`` modulo visible GPUs) or the CPU."""
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return torch.device("cuda", (local_rank or 0) % n)
+    return torch.device("cpu")
+
+
+class TileRunner:
+    def __init__(self, cascade: Cascade, device: torch.device, batch_size: int, precision: str = "auto",
+                 compile: bool = False):
+        self.cascade, self.device, self.batch_size = cascade, device, batch_size
+        self.bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+        for st in cascade.stages:
+            st.model.to(device).eval()
+            if compile:
+                st.model = torch.compile(st.model, dynamic=False)
+        self.scale = cascade.scale
+
+    def _host_batch(self, lr: np.ndarray, valid: np.ndarray, tiles: list[Tile]) -> tuple[torch.Tensor, torch.Tensor]:
+        padded = tiles + [tiles[-1]] * (self.batch_size - len(tiles))
+        x = np.stack([lr[:, t.row0:t.row0 + t.rows, t.col0:t.col0 + t.cols] for t in padded])
+        m = np.stack([valid[None, t.row0:t.row0 + t.rows, t.col0:t.col0 + t.cols] for t in padded])
+        x, m = torch.from_numpy(x), torch.from_numpy(m.astype(np.float32))
+        if self.device.type == "cuda":
+            x, m = x.pin_memory(), m.pin_memory()
+        return x, m
+
+    def run(self, lr: np.ndarray, valid: np.ndarray, tiles: list[Tile], origin_hr: tuple[int, int] = (0, 0),
+            ) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+        """Yield (tile, prediction (C, rows*s, cols*s) float32, HR validity (rows*s, cols*s)) in tile order.
+
+        ``lr`` (C, H, W) is normalised with invalid pixels 0; ``valid`` (H, W) bool; ``origin_hr``
+        is the scene's top-left pixel in the full-disk HR grid (keys the diffusion noise)."""
+        s, r0, c0 = self.scale, origin_hr[0], origin_hr[1]
+        batches = [tiles[i:i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
+        if not batches:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="tile-prefetch") as pool:
+            nxt = pool.submit(self._host_batch, lr, valid, batches[0])
+            for k, batch in enumerate(batches):
+                x, m = nxt.result()
+                if k + 1 < len(batches):
+                    nxt = pool.submit(self._host_batch, lr, valid, batches[k + 1])
+                origins = [(r0 + t.row0 * s, c0 + t.col0 * s) for t in batch]
+                origins += [origins[-1]] * (self.batch_size - len(batch))
+                pred, hr_mask = self._forward(x, m, origins)
+                for i, t in enumerate(batch):
+                    yield t, pred[i], hr_mask[i, 0] > 0
+
+    def _forward(self, x: torch.Tensor, m: torch.Tensor, origins) -> tuple[np.ndarray, np.ndarray]:
+        x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            pred, hr_mask = self.cascade(x, m.expand_as(x), origins)
+        return pred.float().cpu().numpy(), hr_mask.float().cpu().numpy()
