@@ -118,7 +118,11 @@ def partition_bands(row_weight: np.ndarray, chunk: int, total: int, n: int) -> l
     """Split [0, total) HR rows into ``n`` contiguous bands starting on chunk rows, balancing
     ``row_weight`` (one weight per chunk row).  Bands may be empty when n exceeds the chunk rows."""
     cum = np.concatenate([[0.0], np.cumsum(np.asarray(row_weight, float) + 1e-9)])
-    cuts = [0] + [int(np.searchsorted(cum, cum[-1] * r / n)) for r in range(1, n)] + [len(row_weight)]
+    def nearest_cut(target: float) -> int:
+        i = min(int(np.searchsorted(cum, target)), len(cum) - 1)
+        return i - 1 if i > 0 and target - cum[i - 1] < cum[i] - target else i
+
+    cuts = [0] + [nearest_cut(cum[-1] * r / n) for r in range(1, n)] + [len(row_weight)]
     cuts = np.maximum.accumulate(cuts)
     return [(min(int(a) * chunk, total), min(int(b) * chunk, total)) for a, b in zip(cuts[:-1], cuts[1:])]
 
@@ -135,7 +139,9 @@ class SceneResult:
     tiles: int
     seconds: dict
     ranks: int
-    peak_rss_mb: list = field(default_factory=list)
+    peak_rss_mb: list = field(default_factory=list)  # per rank (process peak)
+    compute_s: list = field(default_factory=list)  # per rank: its band's tiles, blending and writing
+    rank_tiles: list = field(default_factory=list)  # per rank, halo tiles counted by both neighbours
 
 
 def peak_rss_mb() -> int:
@@ -225,8 +231,9 @@ class ScenePipeline:
         scene = LRScene(values, **meta)
         t_read = time.perf_counter() - t0
 
-        lr, valid = normalise(scene.values, *self.cascade.input_norm())
-        tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
+        lr, valid, tiles, origin = self.prepare(scene)
+        if r.rank:
+            scene.values = None  # only rank 0 needs the physical LR again (quicklook)
         s, (h, w) = self.scale, valid.shape
         chunk = min(self.cfg.chunk, h * s)
         weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
@@ -254,7 +261,7 @@ class ScenePipeline:
         err = None
         try:
             if b > a:
-                self._compute_band(lr, valid, scene, mine, spec, target, a, b, part=r.rank > 0)
+                self._compute_band(lr, valid, origin, mine, spec, target, a, b, part=r.rank > 0)
         except Exception as e:  # noqa: BLE001
             err = _message(e, final, f"write failed on rank {r.rank}")
         t_compute = time.perf_counter() - t1
@@ -281,11 +288,13 @@ class ScenePipeline:
             except OSError as e:  # the product is complete; a missing picture is not a failure
                 log.warning("%s: quicklook not written (%s)", final, one_line(e))
         seconds = {"read": t_read, "compute": t_compute, "merge": t_merge, "total": time.perf_counter() - t0}
-        rss = r.gather(peak_rss_mb())
+        per_rank = r.gather((peak_rss_mb(), round(t_compute, 2), len(mine)))
         if r.rank == 0:
-            log.info("%s: %d tiles on %d rank(s), %.1f s (read %.1f, compute %.1f, merge %.1f), peak RSS/rank %s MB",
-                     final.name, len(tiles), r.size, seconds["total"], t_read, t_compute, t_merge, rss)
-        return SceneResult(final, len(tiles), seconds, r.size, rss or [])
+            log.info("%s: %d tiles on %d rank(s), %.1f s (read %.1f, compute %.1f, merge %.1f); per rank "
+                     "(peak RSS MB, compute s, tiles): %s", final.name, len(tiles), r.size, seconds["total"],
+                     t_read, t_compute, t_merge, per_rank)
+        return SceneResult(final, len(tiles), seconds, r.size, [x[0] for x in per_rank or []],
+                           [x[1] for x in per_rank or []], [x[2] for x in per_rank or []])
 
     def _fail_if(self, err: str | None, kind, final: Path | None = None, tmp: Path | None = None) -> None:
         """On an agreed error every rank removes what it wrote (its part; rank 0 the temporary
@@ -298,7 +307,13 @@ class ScenePipeline:
             Path(tmp).unlink(missing_ok=True)
         raise kind(err)
 
-    def _compute_band(self, lr, valid, scene: LRScene, tiles: list[Tile], spec: OutputSpec, target: Path,
+    def prepare(self, scene: LRScene) -> tuple[np.ndarray, np.ndarray, list[Tile], tuple[int, int]]:
+        """(normalised LR, validity, global tile plan, scene origin in the full-disk HR grid)."""
+        lr, valid = normalise(scene.values, *self.cascade.input_norm())
+        tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
+        return lr, valid, tiles, (scene.grid.row0 * self.scale, scene.grid.col0 * self.scale)
+
+    def _compute_band(self, lr, valid, origin: tuple[int, int], tiles: list[Tile], spec: OutputSpec, target: Path,
                       a: int, b: int, part: bool) -> None:
         s, (h, w) = self.scale, valid.shape
         chunk = spec.chunks[0]
@@ -317,7 +332,6 @@ class ScenePipeline:
                 done += n
             return done
 
-        origin = (scene.grid.row0 * s, scene.grid.col0 * s)
         from tqdm import tqdm
         bar = tqdm(total=len(tiles), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
                    disable=not (self.progress and self.ranks.rank == 0))
@@ -376,4 +390,5 @@ def verify_output(path: str | Path, channels: list[str] | None = None) -> dict:
 
 def json_summary(res: SceneResult) -> str:
     return json.dumps({"output": str(res.path), "tiles": res.tiles, "ranks": res.ranks,
-                       "seconds": {k: round(v, 2) for k, v in res.seconds.items()}, "peak_rss_mb": res.peak_rss_mb})
+                       "seconds": {k: round(v, 2) for k, v in res.seconds.items()}, "peak_rss_mb": res.peak_rss_mb,
+                       "compute_s_per_rank": res.compute_s, "tiles_per_rank": res.rank_tiles})
