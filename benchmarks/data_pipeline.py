@@ -16,7 +16,8 @@ from common import peak_rss_mb, save, timed  # noqa: E402
 
 from cloudsr_hpc.data.pairs import PairBuilder  # noqa: E402
 from cloudsr_hpc.data.sensors import load_registry  # noqa: E402
-from cloudsr_hpc.data.synthetic.archive import SyntheticArchive, slot_times  # noqa: E402
+from cloudsr_hpc.data.index import slot_times  # noqa: E402
+from cloudsr_hpc.data.synthetic.archive import SyntheticArchive  # noqa: E402
 from cloudsr_hpc.schema import PairsConfig  # noqa: E402
 
 

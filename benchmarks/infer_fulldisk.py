@@ -125,6 +125,25 @@ def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
             "peak_rss_mb": res.peak_rss_mb}
 
 
+def seams(cfg_sets: list[str], scene: Path, out: Path, n_lr: int, tile: int, overlap: int) -> dict:
+    """(e): seam ratio of the last channel, blended (configured overlap) vs naive (no overlap)."""
+    import xarray as xr
+    from cloudsr_hpc.config import load
+    from cloudsr_hpc.data.sensors import load_registry
+    from cloudsr_hpc.evaluation.metrics import seam_ratio, tile_edge_cols
+    from cloudsr_hpc.inference.mpi import Ranks
+    from cloudsr_hpc.inference.pipeline import ScenePipeline
+    from cloudsr_hpc.schema import InferConfig
+    res = {}
+    for name, ov in (("blended", overlap), ("naive", 0)):
+        cfg = load(InferConfig, "infer.yaml", cfg_sets + [f"overlap_lr={ov}"])
+        path = ScenePipeline(cfg, load_registry(), Ranks(), out / name, progress=False).run([scene]).path
+        with xr.open_dataset(path) as ds:
+            img = ds[[v for v in ds.data_vars if ds[v].ndim == 2][-1]].values
+        res[name] = round(seam_ratio(img, tile_edge_cols(n_lr, tile, ov, 4)), 3)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lr-size", type=int, default=256, help="side of the LR window scene for (a)/(b)")
@@ -174,6 +193,10 @@ def main() -> None:
                             "max_abs_diff": max_diff(s1["output"], s2["output"])}
         print(f"(b) mpiexec wall 1 rank {w1} s, 2 ranks {w2} s -> x{b['speedup']} (pipeline only "
               f"x{b['pipeline_speedup']}); max |n1 - n2| {b['max_abs_diff']}", flush=True)
+
+        res["e_seams"] = e = seams(sets, scene, tmp / "e", n, args.tile, args.overlap)
+        print(f"(e) seam ratio (|d/dx| across tile edges / elsewhere; 1 = invisible): blended {e['blended']}, "
+              f"naive non-overlapping {e['naive']}", flush=True)
 
         hr_px = FD.full_rows * FD.full_cols * 16  # x4 in each direction
         if args.full_disk or torch.cuda.is_available():

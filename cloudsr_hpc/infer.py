@@ -14,6 +14,7 @@ Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", help="one scene: canonical NetCDF or the LR sensor's files")
     src.add_argument("--date", help="scene time (nearest slot within half a repeat cycle)")
     ap.add_argument("--end", help="with --date: every scene from --date to --end")
+    ap.add_argument("--every", help="with --end: only slots every e.g. 15min from --date")
     ap.add_argument("--archive", help="archive root for --date (default: infer.archive)")
     ap.add_argument("--out", help="output directory (default: infer.out_dir)")
     ap.add_argument("--stages", choices=["1", "2", "cascade", "regression"], help="default: infer.stages")
@@ -48,7 +50,8 @@ def run(args) -> int:
     from .data.index import parse_date
     from .data.sensors import load_registry
     from .inference.mpi import Ranks, world
-    from .inference.pipeline import ScenePipeline, json_summary, scene_files_for_dates
+    from .data.index import SceneFiles, identify, parsers
+    from .inference.pipeline import ScenePipeline, json_summary, scenes_for_dates
     from .schema import InferConfig
     sets = list(args.set) + ([f"stages={args.stages}"] if args.stages else [])
     cfg = load(InferConfig, args.config, sets)
@@ -61,21 +64,26 @@ def run(args) -> int:
         end = parse_date(args.end) if args.end else None
         if end is not None and end < start:
             raise CloudSRError(f"--end {args.end} is before --date {args.date}")
-        scenes = scene_files_for_dates(args.archive or cfg.archive, reg, cfg.pair, start, end)
-    else:
-        scenes = [[Path(f) for f in args.input]]
+        scenes = scenes_for_dates(args.archive or cfg.archive, reg, cfg.pair, start, end)
+        if args.every:
+            from .data.index import parse_every
+            step = parse_every(args.every)
+            scenes = [sc for sc in scenes if (sc.time - start) % step == dt.timedelta(0)]
+    else:  # the sensor's own files name their slot; a canonical scene carries its time inside
+        hit = identify(Path(args.input[0]).name, parsers(reg))
+        scenes = [SceneFiles(hit[0].name if hit else "", (), hit[2] if hit else None, [Path(f) for f in args.input])]
     mine, scene_ranks = (scenes[ranks.rank::ranks.size], Ranks()) if args.shard == "scenes" else (scenes, ranks)
     pipe = ScenePipeline(cfg, reg, scene_ranks, args.out or cfg.out_dir, progress=not args.quiet)
     failures = 0
-    for files in mine:
+    for sc in mine:
         try:
-            if not args.overwrite:
-                done = _existing(pipe, files, scene_ranks)
+            if not args.overwrite and sc.time is not None:
+                done = _existing(pipe, sc.time, scene_ranks)
                 if done is not None:
                     if scene_ranks.rank == 0:
                         log.info("%s: exists and verifies, kept (--overwrite to redo)", done)
                     continue
-            res = pipe.run(files)
+            res = pipe.run(sc.files, sc.time)
             if scene_ranks.rank == 0:
                 print(json_summary(res), flush=True)
         except CloudSRError as e:
@@ -85,14 +93,10 @@ def run(args) -> int:
     return 2 if failures else 0
 
 
-def _existing(pipe, files, ranks):
-    """The output of this scene if it already exists and verifies (decided on rank 0)."""
-    from .data.index import identify, parsers
+def _existing(pipe, slot, ranks):
+    """The output of this slot if it already exists and verifies (decided on rank 0)."""
     from .inference.pipeline import verify_output
-    hit = identify(Path(files[0]).name, parsers(pipe.reg))
-    if hit is None:  # a canonical scene: its time is inside the file; just recompute
-        return None
-    path = pipe.output_path(hit[2])
+    path = pipe.output_path(slot)
     ok = None
     if ranks.rank == 0 and path.exists():
         try:

@@ -167,6 +167,29 @@ class ClusterProfile:
 
 
 @dataclass
+class JobResources:
+    nodes: int = 1
+    ntasks_per_node: int = 1
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    mem_gb: int = 0
+    time_minutes: int = 60
+
+
+@dataclass
+class JobDef:
+    """``jobs/<kind>.yaml``: what a job is (script, inputs, outputs, resources), as data."""
+    kind: Literal["train", "infer", "campaign"]
+    script: str
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    resources: JobResources = field(default_factory=JobResources)
+    requeue: bool = True
+    signal: str = ""
+    array_parallelism: int = 0
+
+
+@dataclass
 class PairsFile:
     """``configs/pairs.yaml``."""
     synth: SynthConfig = field(default_factory=SynthConfig)

@@ -6,6 +6,11 @@ Subcommands:
   find     show which archive files hold the scene(s) for a date or a date range
   read     read one scene through satpy into the canonical CF NetCDF form
   config   validate a config file (with --set overrides) and print it resolved
+  train    train a stage (Slurm: sbatch slurm/train_stage*.sh; local: a process)
+  infer    super-resolve the scene(s) of a date or a range (Slurm: slurm/infer.sh; local: mpiexec)
+  campaign reprocess a date range: ledger + job array of workers; 'campaign resume NAME'
+  status   campaign progress table (done/running/pending/failed, throughput, ETA, failures)
+  cancel   cancel a campaign's jobs
   demo     the embedded default end to end: synthetic archive -> training shards
 
 Every failure prints one line (``error: <file/key>: <what is wrong>``) and exits non-zero.
@@ -41,7 +46,8 @@ def _date_range(args) -> tuple[dt.datetime, dt.datetime]:
 
 def cmd_synth(args) -> int:
     from .data.index import parse_every
-    from .data.synthetic.archive import SyntheticArchive, slot_times
+    from .data.index import slot_times
+    from .data.synthetic.archive import SyntheticArchive
     from .schema import PairsFile
     cfg = load(PairsFile, args.config, args.set)
     reg = _registry(args)
@@ -121,6 +127,156 @@ def cmd_config(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- cluster-facing commands
+def _executor(args) -> str:
+    from .orchestration.executors import default_executor, load_profile
+    profile = load_profile(args.cluster)
+    return args.executor or (profile.executor if args.cluster else default_executor())
+
+
+def cmd_train(args) -> int:
+    """One stage's training: sbatch slurm/train_stage{1,2}.sh, or a local process."""
+    from .orchestration.executors import load_job, load_profile, sbatch, sbatch_args, setup_env
+    from .schema import StageConfig
+    stage = args.stage
+    config = args.config or f"stage{'1' if stage == 'regression' else stage}.yaml"
+    sets = list(args.set) + (["stage=regression"] if stage == "regression" else [])
+    load(StageConfig, config, sets)  # fail here, before anything is submitted
+    executor = _executor(args)
+    if executor == "slurm":
+        profile = load_profile(args.cluster)
+        opts = sbatch_args(load_job("train"), profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                           time_minutes=args.time, after=args.after, name=f"cloudsr-{stage}")
+        env = dict(setup_env(profile) or __import__("os").environ, CONFIG=str(config_path(config)))
+        script = f"slurm/train_stage{'1' if stage == 'regression' else stage}.sh"
+        job = sbatch(script, opts, [a for s in sets for a in ("--set", s)], env=env, dry_run=args.dry_run)
+        if job:
+            print(json.dumps({"job": job, "stage": stage, "executor": "slurm"}))
+        return 0
+    cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config))]
+    cmd += [a for s in sets for a in ("--set", s)]
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    import subprocess
+    return subprocess.run(cmd).returncode
+
+
+def cmd_infer(args) -> int:
+    """Super-resolve dates: sbatch slurm/infer.sh (ranks = tasks), or locally (mpiexec for ranks > 1)."""
+    from .data.index import parse_date, parse_every
+    from .orchestration.executors import load_job, load_profile, sbatch, sbatch_args, setup_env
+    from .schema import InferConfig
+    from .inference.pipeline import checkpoints_for
+    start = parse_date(args.date)
+    if args.end and parse_date(args.end) < start:
+        raise CloudSRError(f"--end {args.end} is before --date {args.date}")
+    if args.every:
+        parse_every(args.every)
+    cfg = load(InferConfig, args.config, args.set)
+    for ck in checkpoints_for(cfg):
+        if not Path(ck).exists():
+            raise ConfigError(f"{ck}: checkpoint does not exist (stages '{cfg.stages}')")
+    fwd = ["--date", args.date, "--config", str(config_path(args.config))]
+    for flag in ("end", "every", "archive", "out"):
+        if getattr(args, flag):
+            fwd += [f"--{flag}", str(Path(getattr(args, flag)).resolve()) if flag in ("archive", "out")
+                    else getattr(args, flag)]
+    fwd += [a for s in args.set for a in ("--set", s)]
+    executor = _executor(args)
+    if executor == "slurm":
+        profile = load_profile(args.cluster)
+        opts = sbatch_args(load_job("infer"), profile, ntasks=args.ranks, time_minutes=args.time, after=args.after,
+                           name="cloudsr-infer", log_file=args.log)
+        job = sbatch("slurm/infer.sh", opts, fwd, env=setup_env(profile), dry_run=args.dry_run)
+        if job:
+            print(json.dumps({"job": job, "executor": "slurm", "ranks": args.ranks or load_job("infer").resources.ntasks_per_node}))
+        return 0
+    mpi = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks)] if (args.ranks or 1) > 1 else []
+    cmd = mpi + [sys.executable, "-m", "cloudsr_hpc.infer", *fwd]
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    import subprocess
+    return subprocess.run(cmd).returncode
+
+
+def cmd_campaign(args) -> int:
+    """Create (or resume) a campaign and start its workers."""
+    from .orchestration import campaign as cp
+    from .orchestration.executors import load_profile, submit_campaign
+    profile = load_profile(args.cluster)
+    executor = _executor(args)
+    root = Path(args.root)
+    if args.action == "resume":
+        if not args.target:
+            raise CloudSRError("campaign resume: which campaign? (campaign resume NAME)")
+        cdir = cp.campaign_dir(root, args.target)
+        spec = cp.load_spec(cdir)
+        changed = cp.reconcile(cdir)
+        log.info("resume %s: %d lost claim(s) back in the queue, %d output(s) found done, %d vanished",
+                 spec.name, len(changed["lost"]), len(changed["done"]), len(changed["requeued"]))
+    else:
+        if not (args.name and args.start):
+            raise CloudSRError("campaign: --name and --start are required (or: campaign resume NAME)")
+        spec = cp.CampaignSpec(name=args.name, pair=args.pair, start=args.start, end=args.end or args.start,
+                               every=args.every, archive=str(Path(args.archive).resolve()),
+                               out_dir=str(Path(args.out).resolve()) if args.out else "",
+                               infer_config=str(config_path(args.config).resolve()), infer_set=list(args.set),
+                               max_attempts=args.max_attempts, workers=args.workers)
+        cdir, n, missing = cp.create(root, spec, _registry(args))
+        log.info("campaign %s: %d scenes (%d without input) in %s", spec.name, n, missing, cdir)
+    workers = args.workers or spec.workers
+    jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    print(json.dumps({"campaign": str(cdir), "executor": executor, "jobs": [str(j.job_id) for j in jobs]}), flush=True)
+    if executor in ("local", "debug") and not args.no_wait:
+        for j in jobs:
+            j.result()
+        st = cp.status(cdir)
+        print(cp.format_status(st))
+        c = st["counts"]
+        return 0 if c["done"] + c["missing"] == st["total"] else 2
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .orchestration import campaign as cp
+    root = Path(args.root)
+    names = [args.name] if args.name else sorted(p.name for p in root.glob("*") if (p / "campaign.yaml").exists())
+    if not names:
+        raise CloudSRError(f"{root}: no campaigns")
+    for name in names:
+        st = cp.status(cp.campaign_dir(root, name))
+        print(json.dumps(st) if args.json else cp.format_status(st))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    """Cancel a campaign's jobs (scancel, or SIGTERM to local workers); claims return on resume."""
+    import os
+    import signal
+    import subprocess
+    from .orchestration import campaign as cp
+    from .orchestration.ledger import Ledger
+    cdir = cp.campaign_dir(args.root, args.name)
+    cp.load_spec(cdir)
+    ledger = Ledger(cdir / "ledger.sqlite")
+    jobs = ledger.jobs()
+    for job_id, kind, _, _ in jobs:
+        if kind == "slurm":
+            subprocess.run(["scancel", job_id], check=False)
+        elif kind == "local" and job_id.isdigit():
+            try:
+                os.kill(int(job_id), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    ledger.close()
+    print(json.dumps({"campaign": args.name, "cancelled": [j[0] for j in jobs]}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Embedded default: a small synthetic archive and its training shards, no cluster needed."""
     root = Path(args.out)
@@ -195,6 +351,59 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("--kind", choices=["stage", "infer", "pairs", "cluster"])
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    def cluster_opts(sp):
+        sp.add_argument("--executor", choices=["slurm", "local", "debug"],
+                        help="default: the cluster profile's, else slurm when sbatch is on PATH, else local")
+        sp.add_argument("--cluster", help="cluster profile: configs/cluster/NAME.yaml (partition, account, ...)")
+        sp.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+        sp.add_argument("--after", help="start after this job id succeeded (Slurm dependency)")
+        sp.add_argument("--time", type=int, help="time limit [minutes]")
+
+    sp = add("train", cmd_train, "train one stage (sbatch slurm/train_stage*.sh, or locally)")
+    sp.add_argument("--stage", required=True, choices=["1", "2", "regression"])
+    sp.add_argument("--config", help="stage YAML (default: configs/stage1.yaml / stage2.yaml)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--nodes", type=int)
+    sp.add_argument("--gpus-per-node", type=int)
+    cluster_opts(sp)
+
+    sp = add("infer", cmd_infer, "super-resolve the scene(s) of a date or range (sbatch slurm/infer.sh, or locally)")
+    with_config(sp, "infer.yaml")
+    sp.add_argument("--date", required=True)
+    sp.add_argument("--end")
+    sp.add_argument("--every", help="only slots every e.g. 15min from --date")
+    sp.add_argument("--archive")
+    sp.add_argument("--out")
+    sp.add_argument("--ranks", type=int, help="MPI ranks sharing each scene (Slurm tasks)")
+    sp.add_argument("--log", help="Slurm output file")
+    cluster_opts(sp)
+
+    sp = add("campaign", cmd_campaign, "reprocess a date range as a resumable campaign (job array / local workers)")
+    sp.add_argument("action", nargs="?", choices=["start", "resume"], default="start")
+    sp.add_argument("target", nargs="?", help="campaign name (with resume)")
+    with_config(sp, "infer.yaml")
+    sp.add_argument("--name")
+    sp.add_argument("--pair", default="seviri_viirs")
+    sp.add_argument("--start")
+    sp.add_argument("--end")
+    sp.add_argument("--every", default="15min")
+    sp.add_argument("--archive", default="runs/archive")
+    sp.add_argument("--out", help="output directory (default: <root>/<name>/output)")
+    sp.add_argument("--root", default="runs/campaigns", help="where campaigns live")
+    sp.add_argument("--workers", type=int, default=2, help="worker processes / array tasks")
+    sp.add_argument("--max-attempts", type=int, default=3)
+    sp.add_argument("--no-wait", action="store_true", help="local executor: return once workers started")
+    cluster_opts(sp)
+
+    sp = add("status", cmd_status, "campaign progress: done/running/pending/failed, throughput, ETA, failures")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--root", default="runs/campaigns")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("cancel", cmd_cancel, "cancel a campaign's jobs")
+    sp.add_argument("name")
+    sp.add_argument("--root", default="runs/campaigns")
 
     sp = add("demo", cmd_demo, "embedded default: synthetic archive -> training shards (no cluster)")
     sp.add_argument("--out", default="demo", help="output root (default: ./demo)")

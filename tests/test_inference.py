@@ -16,6 +16,7 @@ from cloudsr_hpc.config import load
 from cloudsr_hpc.data.geometry import SEVIRI_FULL_DISK
 from cloudsr_hpc.data.scene import make_scene, write_scene
 from cloudsr_hpc.data.sensors import load_registry
+from cloudsr_hpc.evaluation.metrics import seam_ratio, tile_edge_cols
 from cloudsr_hpc.inference.mpi import Ranks
 from cloudsr_hpc.inference.pipeline import ScenePipeline, load_cascade, normalise, partition_bands
 from cloudsr_hpc.inference.tiling import Accumulator
@@ -150,14 +151,6 @@ def test_same_output_whatever_the_rank_count_and_tile_size(models, scene, tmp_pa
     assert np.nanmax(np.abs(a - b) / scale) < 1e-5
 
 
-def seam_score(img: np.ndarray, cols: list[int]) -> float:
-    """Mean |d/dx| across the given column boundaries / mean |d/dx| elsewhere (1 = no seam)."""
-    dx = np.abs(np.diff(img, axis=1))
-    at = np.zeros(dx.shape[1], bool)
-    at[[c - 1 for c in cols]] = True
-    return float(np.nanmean(dx[:, at]) / np.nanmean(dx[:, ~at]))
-
-
 def test_no_seams_at_tile_boundaries_unlike_naive_tiling(models, tmp_path):
     lr = lr_scene(tmp_path / "smooth.nc", rows=64, cols=120, row0=1800, col0=1800, smooth=4.0)
     scores = {}
@@ -165,11 +158,7 @@ def test_no_seams_at_tile_boundaries_unlike_naive_tiling(models, tmp_path):
         cfg = load(InferConfig, "infer.yaml", model_sets(models) + ["tile_lr=32", f"overlap_lr={overlap}", "chunk=64"])
         pipe = ScenePipeline(cfg, load_registry(), Ranks(), tmp_path / name, progress=False)
         res = pipe.run([lr])
-        from cloudsr_hpc.inference.tiling import tile_origins
-        starts = [c for c in tile_origins(120, 32, overlap) if c > 0]
-        edges = [c * 4 for c in starts] + [(c + 32) * 4 for c in tile_origins(120, 32, overlap)[:-1]]
-        img = channels(res.path)[-1]
-        scores[name] = seam_score(img, sorted(set(edges)))
+        scores[name] = seam_ratio(channels(res.path)[-1], tile_edge_cols(120, 32, overlap, 4))
     print("seam scores", scores)
     assert scores["blended"] < 1.15
     assert scores["naive"] > scores["blended"] + 0.1

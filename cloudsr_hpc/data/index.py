@@ -48,6 +48,18 @@ def parse_every(text: str) -> dt.timedelta:
     return dt.timedelta(seconds=n * seconds)
 
 
+def slot_times(start: dt.datetime, end: dt.datetime | None, every: dt.timedelta) -> list[dt.datetime]:
+    """start, start + every, ... up to end (inclusive)."""
+    end = end or start
+    if end < start:
+        raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
+    out, t = [], start
+    while t <= end:
+        out.append(t)
+        t += every
+    return out
+
+
 @dataclass
 class SceneFiles:
     sensor: str

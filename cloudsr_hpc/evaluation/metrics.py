@@ -31,3 +31,20 @@ def gradient_ratio(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
     gp, gt = sobel_magnitude(pred), sobel_magnitude(target)
     den = float((gt * m).sum())
     return float("nan") if den == 0 else float((gp * m).sum()) / den
+
+
+def seam_ratio(img, edge_cols) -> float:
+    """Mean |d/dx| across the given column boundaries (between column c-1 and c) over the mean
+    |d/dx| elsewhere, NaN-aware: 1 means tile edges are invisible, > 1 a seam."""
+    import numpy as np
+    dx = np.abs(np.diff(np.asarray(img, np.float64), axis=1))
+    at = np.zeros(dx.shape[1], bool)
+    at[[c - 1 for c in edge_cols]] = True
+    return float(np.nanmean(dx[:, at]) / np.nanmean(dx[:, ~at]))
+
+
+def tile_edge_cols(n_lr: int, tile: int, overlap: int, scale: int) -> list[int]:
+    """HR columns where a tile of the plan starts or ends inside the scene."""
+    from ..inference.tiling import tile_origins
+    starts = tile_origins(n_lr, min(tile, n_lr), overlap)
+    return sorted({c * scale for c in starts if c > 0} | {(c + tile) * scale for c in starts if c + tile < n_lr})

@@ -58,9 +58,15 @@ def world() -> Ranks:
     mpi4py is imported only then: a serial run needs no MPI library, and a site whose mpi4py
     is built against another MPI than the launcher's still runs serial jobs."""
     launched = any(v in os.environ for v in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",
-                                             "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD"))
-    if not launched:
+                                             "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD", "PMI_FD"))
+    srun_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) if "SLURM_STEP_ID" in os.environ else 1
+    if not launched and srun_tasks == 1:
         return Ranks()
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
+    if srun_tasks > 1 and comm.Get_size() != srun_tasks:
+        # every task would think it is the only one and write the same file
+        from ..errors import ConfigError
+        raise ConfigError(f"srun started {srun_tasks} tasks but MPI sees {comm.Get_size()}: launch with "
+                          f"'srun --mpi=pmi2' (or pmix) so that mpi4py's MPI wires up, or use mpiexec")
     return Ranks(comm if comm.Get_size() > 1 else None)

@@ -92,15 +92,23 @@ def read_input(files: list[str | Path], registry: Registry, sensor_name: str, ch
     grid = scene_grid(ds)
     if grid is None:
         raise InputError(f"{paths[0]}: not a geostationary scene (inference runs on the LR disk grid)")
-    values = np.stack([ds[c].values.astype(np.float32) for c in channels])
-    return LRScene(values, grid, scene_time(ds), sensor_name, [p.name for p in paths], [_sha256(p) for p in paths])
+    values = np.stack([ds[c].values.astype(np.float32, copy=False) for c in channels])
+    t = scene_time(ds)
+    del ds  # the stacked copy is all that is kept
+    return LRScene(values, grid, t, sensor_name, [p.name for p in paths], [_sha256(p) for p in paths])
 
 
 def normalise(values: np.ndarray, lo, hi) -> tuple[np.ndarray, np.ndarray]:
     """Physical (C, H, W) -> ([-1, 1] with invalid pixels 0, validity (H, W) of all channels)."""
-    lo, hi = np.asarray(lo, np.float32)[:, None, None], np.asarray(hi, np.float32)[:, None, None]
-    valid = np.isfinite(values).all(axis=0)
-    x = np.where(valid, (np.nan_to_num(values) - lo) / (hi - lo) * 2.0 - 1.0, 0.0).astype(np.float32)
+    valid = np.ones(values.shape[1:], bool)
+    for ch in values:
+        valid &= np.isfinite(ch)
+    x = np.empty(values.shape, np.float32)
+    for c, (l, h) in enumerate(zip(lo, hi)):  # channel by channel: no scene-sized temporaries
+        np.subtract(values[c], np.float32(l), out=x[c])
+        x[c] *= np.float32(2.0 / (h - l))
+        x[c] -= np.float32(1.0)
+        x[c][~valid] = 0.0
     return x, valid
 
 
@@ -215,8 +223,10 @@ class ScenePipeline:
                           {c: (l - p, h + p) for c, l, h, p in zip(chans, lo, hi, pad)}, attrs)
 
     # -- one scene
-    def run(self, files: list[str | Path] | None) -> SceneResult:
-        """Super-resolve the scene in ``files`` (read on rank 0, broadcast); every rank calls this."""
+    def run(self, files: list[str | Path] | None, slot: dt.datetime | None = None) -> SceneResult:
+        """Super-resolve the scene in ``files`` (read on rank 0, broadcast); every rank calls this.
+        The output is named after the nominal ``slot`` when given (archive scenes), else after the
+        scene's start time."""
         r = self.ranks
         t0 = time.perf_counter()
         scene, err = None, None
@@ -239,7 +249,7 @@ class ScenePipeline:
         weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
         bands = partition_bands(np.array(weights), chunk, h * s, r.size)
         a, b = bands[r.rank]
-        final = self.output_path(scene.time)
+        final = self.output_path(slot or scene.time)
         spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr, "overlap_lr": self.cfg.overlap_lr,
                                  "halo_hr": self.blend.halo, "ramp_hr": self.blend.ramp,
                                  "tiling_exact": int(self.blend.exact), "seed": self.cfg.seed})
@@ -357,19 +367,19 @@ def _message(e: Exception, where, what: str = "") -> str:
     return f"{where}: {what + ' ' if what else ''}({e.__class__.__name__}: {one_line(e)[:200]})"
 
 
-def scene_files_for_dates(archive: str | Path, registry: Registry, pair_name: str, start: dt.datetime,
-                          end: dt.datetime | None = None) -> list[list[Path]]:
+def scenes_for_dates(archive: str | Path, registry: Registry, pair_name: str, start: dt.datetime,
+                     end: dt.datetime | None = None):
     """The LR files of the scene nearest ``start`` (within half a repeat cycle), or of every scene in [start, end]."""
     from ..data.index import ArchiveIndex
     pair = registry.pair(pair_name)
     idx = ArchiveIndex(archive, registry)
     if end is None:
-        return [idx.find(pair.lr, pair.lr_formats, start).files]
+        return [idx.find(pair.lr, pair.lr_formats, start)]
     scenes = idx.between(pair.lr, pair.lr_formats, start, end)
     if not scenes:
         from ..errors import ArchiveError
         raise ArchiveError(f"{archive}: no {pair.lr} scene between {start.isoformat()} and {end.isoformat()}")
-    return [sc.files for sc in scenes]
+    return scenes
 
 
 def verify_output(path: str | Path, channels: list[str] | None = None) -> dict:
@@ -379,10 +389,14 @@ def verify_output(path: str | Path, channels: list[str] | None = None) -> dict:
         with xr.open_dataset(path, engine="netcdf4", decode_cf=False) as ds:
             attrs = dict(ds.attrs)
             have = [v for v in ds.data_vars if ds[v].dims == ("y", "x")]
+            shape = (ds.sizes.get("y"), ds.sizes.get("x"))
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable output ({one_line(e)[:200]})") from None
     if "source_sha256" not in attrs or not have:
         raise InputError(f"{path}: not a cloudsr-hpc output (provenance missing)")
+    if shape != (attrs.get("grid_nrows"), attrs.get("grid_ncols")):
+        raise InputError(f"{path}: {shape[0]}x{shape[1]} pixels, its grid attributes say "
+                         f"{attrs.get('grid_nrows')}x{attrs.get('grid_ncols')}")
     if channels and sorted(have) != sorted(channels):
         raise InputError(f"{path}: channels {have}, expected {channels}")
     return attrs

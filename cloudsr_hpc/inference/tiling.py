@@ -113,7 +113,9 @@ class Accumulator:
         out = self._normalise(self.sum[:, :n], self.weight[:n])
         rows = self.weight.shape[0]
         for a in (self.sum, self.weight):
-            a[..., :rows - n, :] = a[..., n:, :].copy()
+            for i in range(0, rows - n, n):  # n-row blocks forward: no window-sized temporary
+                k = min(n, rows - n - i)
+                a[..., i:i + k, :] = a[..., i + n:i + n + k, :]
             a[..., rows - n:, :] = 0.0
         self.row0 += n
         return out

@@ -112,15 +112,6 @@ def _region_weight(region: GeosGrid, x: np.ndarray, y: np.ndarray, ramp_px: floa
     return np.clip(np.nan_to_num(d, nan=-1.0) / ramp_px, 0.0, 1.0)
 
 
-def slot_times(start: dt.datetime, end: dt.datetime | None, every: dt.timedelta) -> list[dt.datetime]:
-    end = end or start
-    if end < start:
-        raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
-    out, t = [], start
-    while t <= end:
-        out.append(t)
-        t += every
-    return out
 
 
 class SyntheticArchive:

@@ -1,0 +1,189 @@
+"""The campaign ledger: which scenes exist, who works on them, every attempt, every error.
+
+SQLite (one file in the campaign directory; WAL journal, ``BEGIN IMMEDIATE`` transactions) so
+that array tasks on one file system claim scenes atomically: a scene is handed to exactly one
+worker at a time.  The ledger records; the *truth* of "done" is the output file itself (it
+exists only complete, and must verify) -- :func:`cloudsr_hpc.orchestration.campaign.reconcile`
+brings the ledger in line with the disk.
+
+Scene states: ``pending`` -> ``running`` -> ``done`` | ``failed`` (retried) | ``quarantined``
+(failed ``max_attempts`` times: reported, never blocks the rest) ; ``missing`` (no input in the
+archive for that slot: recorded, not attempted).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scenes (
+    slot TEXT PRIMARY KEY,          -- nominal time, ISO
+    files TEXT NOT NULL,            -- input files, ';'-separated ('' when missing)
+    output TEXT NOT NULL,           -- final output path
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,                     -- worker holding the claim
+    error TEXT,                     -- last error
+    seconds REAL                    -- of the successful attempt
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slot TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    state TEXT NOT NULL,            -- running | done | failed | lost
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    submitted REAL NOT NULL,
+    info TEXT
+);
+"""
+
+STATES = ("pending", "running", "done", "failed", "quarantined", "missing")
+
+
+@dataclass
+class Scene:
+    slot: str
+    files: list[str]
+    output: str
+    state: str
+    attempts: int
+    owner: str | None
+    error: str | None
+    seconds: float | None
+
+
+class Ledger:
+    def __init__(self, path: str | Path, timeout: float = 120.0):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self):
+        """An immediate (write-locked) transaction: concurrent claimers serialise here."""
+        for delay in (0.05, 0.1, 0.2, 0.5, 1, 2, 5):
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError:  # locked beyond the busy timeout
+                time.sleep(delay)
+        else:
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -------------------------------------------------------------- scenes
+    def add_scenes(self, rows: list[tuple[str, list[str], str]]) -> int:
+        """(slot, files, output) rows; slots already present are kept as they are."""
+        with self.transaction() as db:
+            n0 = db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0]
+            db.executemany("INSERT OR IGNORE INTO scenes(slot, files, output, state, error) VALUES (?, ?, ?, ?, ?)",
+                           [(s, ";".join(f), o, "pending" if f else "missing",
+                             None if f else "no input file in the archive within the tolerance") for s, f, o in rows])
+            return db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0] - n0
+
+    def scenes(self) -> list[Scene]:
+        rows = self.db.execute("SELECT slot, files, output, state, attempts, owner, error, seconds FROM scenes "
+                               "ORDER BY slot").fetchall()
+        return [Scene(r[0], [f for f in r[1].split(";") if f], *r[2:]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM scenes GROUP BY state").fetchall()))
+        return out
+
+    def claim(self, owner: str, max_attempts: int) -> Scene | None:
+        """Atomically take the next pending (or failed, below ``max_attempts``) scene."""
+        with self.transaction() as db:
+            row = db.execute("SELECT slot FROM scenes WHERE state = 'pending' OR (state = 'failed' AND attempts < ?) "
+                             "ORDER BY state = 'failed', slot LIMIT 1", (max_attempts,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE scenes SET state = 'running', attempts = attempts + 1, owner = ? WHERE slot = ?",
+                       (owner, row[0]))
+            db.execute("INSERT INTO attempts(slot, owner, started, state) VALUES (?, ?, ?, 'running')",
+                       (row[0], owner, time.time()))
+        return next(s for s in self.scenes() if s.slot == row[0])
+
+    def finish(self, slot: str, owner: str, seconds: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE scenes SET state = 'done', owner = NULL, error = NULL, seconds = ? WHERE slot = ?",
+                       (seconds, slot))
+            self._close_attempt(db, slot, owner, "done", None)
+
+    def fail(self, slot: str, owner: str, error: str, max_attempts: int) -> str:
+        """Record a failure; the scene is quarantined once it has failed ``max_attempts`` times."""
+        with self.transaction() as db:
+            attempts = db.execute("SELECT attempts FROM scenes WHERE slot = ?", (slot,)).fetchone()[0]
+            state = "quarantined" if attempts >= max_attempts else "failed"
+            db.execute("UPDATE scenes SET state = ?, owner = NULL, error = ? WHERE slot = ?", (state, error, slot))
+            self._close_attempt(db, slot, owner, "failed", error)
+        return state
+
+    @staticmethod
+    def _close_attempt(db, slot, owner, state, error):
+        db.execute("UPDATE attempts SET ended = ?, state = ?, error = ? WHERE id = (SELECT MAX(id) FROM attempts "
+                   "WHERE slot = ? AND owner = ? AND state = 'running')", (time.time(), state, error, slot, owner))
+
+    def release_lost(self, is_alive) -> list[str]:
+        """Claims whose owner is gone (killed worker, cancelled task) go back to pending; their
+        attempt is recorded as ``lost``.  ``is_alive(owner) -> bool``."""
+        lost = []
+        with self.transaction() as db:
+            for slot, owner in db.execute("SELECT slot, owner FROM scenes WHERE state = 'running'").fetchall():
+                if not is_alive(owner):
+                    db.execute("UPDATE scenes SET state = 'pending', owner = NULL, error = ? WHERE slot = ?",
+                               (f"worker {owner} lost", slot))
+                    db.execute("UPDATE attempts SET ended = ?, state = 'lost' WHERE slot = ? AND owner = ? "
+                               "AND state = 'running'", (time.time(), slot, owner))
+                    lost.append(slot)
+        return lost
+
+    def mark(self, slot: str, state: str, error: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE scenes SET state = ?, error = ?, owner = NULL WHERE slot = ?", (state, error, slot))
+
+    def attempts(self, slot: str | None = None) -> list[tuple]:
+        q = "SELECT slot, owner, started, ended, state, error FROM attempts"
+        return self.db.execute(q + (" WHERE slot = ? ORDER BY id" if slot else " ORDER BY id"),
+                               (slot,) if slot else ()).fetchall()
+
+    # -------------------------------------------------------------- jobs
+    def add_job(self, job_id: str, kind: str, info: str = "") -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job_id, kind, time.time(), info))
+
+    def jobs(self) -> list[tuple]:
+        return self.db.execute("SELECT job_id, kind, submitted, info FROM jobs ORDER BY submitted").fetchall()
+
+    def throughput(self) -> tuple[float, float | None]:
+        """(scenes per hour over finished attempts, mean seconds per scene)."""
+        rows = self.db.execute("SELECT started, ended FROM attempts WHERE state = 'done'").fetchall()
+        if not rows:
+            return 0.0, None
+        span = max(e for _, e in rows) - min(s for s, _ in rows)
+        mean = sum(e - s for s, e in rows) / len(rows)
+        return (len(rows) / span * 3600 if span > 0 else 0.0), mean
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Inference of one or more dates, all ranks sharing each scene (MPI row bands):
+#   sbatch slurm/infer.sh --date 2024-06-01T12:00 [--end ...] [--archive DIR] [--out DIR] [--set key=value ...]
+#   sbatch --ntasks-per-node=4 --gpus-per-node=4 slurm/infer.sh --date ...       # GPU site
+# Arguments go to python -m cloudsr_hpc.infer.  Requeue-safe: finished scenes verify and are kept.
+# Environment: CLOUDSR_ROOT, PYTHON, CLOUDSR_SETUP (as slurm/train.sh), CLOUDSR_SRUN_MPI (default pmi2).
+#SBATCH --job-name=cloudsr-infer
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=1
+#SBATCH --time=01:00:00
+#SBATCH --signal=USR1@60
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=cloudsr-infer-%j.out
+set -uo pipefail
+ROOT=${CLOUDSR_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+cd "$ROOT" || exit 1
+if [ -n "${CLOUDSR_SETUP:-}" ]; then eval "$CLOUDSR_SETUP"; fi
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+echo "cloudsr-hpc infer: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} tasks ${SLURM_NTASKS:-1}: $*"
+exec srun --mpi="${CLOUDSR_SRUN_MPI:-pmi2}" --kill-on-bad-exit=1 "$PY" -m cloudsr_hpc.infer --quiet "$@"
