@@ -55,8 +55,19 @@ def _busiest_window(img: np.ndarray, size: int) -> tuple[int, int]:
     return at
 
 
-def sr_quicklook(lr: np.ndarray, lr_channels: list[str], output_nc: str | Path, out_png: str | Path,
-                 max_side: int = 640, zoom_lr: int = 48) -> Path:
+def quicklook_views(lr: np.ndarray, max_side: int = 640, zoom_lr: int = 48) -> dict:
+    """What the quicklook needs of the physical LR (C, H, W): a subsampled overview and a zoom on
+    the most structured window -- small arrays, so the scene itself need not be kept."""
+    h, w = lr.shape[1:]
+    k = max(1, -(-max(h, w) // max_side))
+    zoom_lr = min(zoom_lr, h, w)
+    r0, c0 = _busiest_window(lr[-1, ::4, ::4], max(1, zoom_lr // 4))
+    r0, c0 = r0 * 4, c0 * 4
+    return {"overview": lr[:, ::k, ::k].copy(), "zoom": lr[:, r0:r0 + zoom_lr, c0:c0 + zoom_lr].copy(),
+            "k": k, "r0": r0, "c0": c0, "zoom_lr": zoom_lr}
+
+
+def sr_quicklook(views: dict, lr_channels: list[str], output_nc: str | Path, out_png: str | Path) -> Path:
     """LR vs SR per channel: the whole scene (subsampled) and a full-resolution zoom on the most
     structured window.  Reads the output strided, so a full disk never sits in memory."""
     import matplotlib
@@ -64,13 +75,10 @@ def sr_quicklook(lr: np.ndarray, lr_channels: list[str], output_nc: str | Path, 
     import matplotlib.pyplot as plt
     import netCDF4
     output_nc, out_png = Path(output_nc), Path(out_png)
+    k, r0, c0, zoom_lr = views["k"], views["r0"], views["c0"], views["zoom_lr"]
     with netCDF4.Dataset(output_nc) as nc:
         scale = int(nc.getncattr("scale"))
         names = [v for v in nc.variables if nc[v].dimensions == ("y", "x")]
-        h, w = lr.shape[1:]
-        k = max(1, -(-max(h, w) // max_side))  # LR subsampling for the overview
-        zoom_lr = min(zoom_lr, h, w)
-        r0, c0 = _busiest_window(lr[-1, ::1, ::1], zoom_lr)
         rows = []
         for i, name in enumerate(names):
             sr_over = np.ma.filled(nc[name][::k * scale, ::k * scale].astype(np.float32), np.nan)
@@ -79,7 +87,7 @@ def sr_quicklook(lr: np.ndarray, lr_channels: list[str], output_nc: str | Path, 
             rows.append((name, lr_channels[i], sr_over, sr_zoom, nc[name].getncattr("units")))
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
     for i, (name, lname, sr_over, sr_zoom, units) in enumerate(rows):
-        lr_over, lr_zoom = lr[i, ::k, ::k], lr[i, r0:r0 + zoom_lr, c0:c0 + zoom_lr]
+        lr_over, lr_zoom = views["overview"][i], views["zoom"][i]
         vmin, vmax = np.nanpercentile(lr_zoom, [1, 99]) if np.isfinite(lr_zoom).any() else (0, 1)
         cmap = "gray_r" if units == "K" else "gray"  # clouds white
         for j, (img, title) in enumerate(((lr_over, f"LR {lname}"), (sr_over, f"SR {name}"),

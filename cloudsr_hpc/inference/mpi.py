@@ -39,6 +39,16 @@ class Ranks:
         self.comm.Bcast(np.ascontiguousarray(arr), root=root)
         return arr
 
+    def send_array(self, arr: np.ndarray, dest: int) -> None:
+        self.comm.send((arr.shape, arr.dtype.str), dest=dest)
+        self.comm.Send(np.ascontiguousarray(arr), dest=dest)
+
+    def recv_array(self, source: int = 0) -> np.ndarray:
+        shape, dtype = self.comm.recv(source=source)
+        arr = np.empty(shape, np.dtype(dtype))
+        self.comm.Recv(arr, source=source)
+        return arr
+
     def gather(self, obj, root: int = 0):
         return [obj] if self.comm is None else self.comm.gather(obj, root=root)
 

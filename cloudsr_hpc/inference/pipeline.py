@@ -98,12 +98,13 @@ def read_input(files: list[str | Path], registry: Registry, sensor_name: str, ch
     return LRScene(values, grid, t, sensor_name, [p.name for p in paths], [_sha256(p) for p in paths])
 
 
-def normalise(values: np.ndarray, lo, hi) -> tuple[np.ndarray, np.ndarray]:
-    """Physical (C, H, W) -> ([-1, 1] with invalid pixels 0, validity (H, W) of all channels)."""
+def normalise(values: np.ndarray, lo, hi, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Physical (C, H, W) -> ([-1, 1] with invalid pixels 0, validity (H, W) of all channels);
+    ``out=values`` normalises in place (a full disk is 275 MB per copy)."""
     valid = np.ones(values.shape[1:], bool)
     for ch in values:
         valid &= np.isfinite(ch)
-    x = np.empty(values.shape, np.float32)
+    x = np.empty(values.shape, np.float32) if out is None else out
     for c, (l, h) in enumerate(zip(lo, hi)):  # channel by channel: no scene-sized temporaries
         np.subtract(values[c], np.float32(l), out=x[c])
         x[c] *= np.float32(2.0 / (h - l))
@@ -236,19 +237,25 @@ class ScenePipeline:
             except Exception as e:  # noqa: BLE001 - every rank must hear of it, not wait in a collective
                 err = _message(e, files[0] if files else "input")
         self._fail_if(r.agree(err), InputError)
-        values = r.bcast_array(scene.values if scene else None)
         meta = r.bcast(None if scene is None else {k: v for k, v in scene.__dict__.items() if k != "values"})
-        scene = LRScene(values, **meta)
-        t_read = time.perf_counter() - t0
-
-        lr, valid, tiles, origin = self.prepare(scene)
-        if r.rank:
-            scene.values = None  # only rank 0 needs the physical LR again (quicklook)
+        lr = valid = views = None
+        if r.rank == 0:
+            if self.cfg.quicklook:
+                from ..evaluation.plots import quicklook_views
+                views = quicklook_views(scene.values)  # small: taken before normalising in place
+            lr, valid = normalise(scene.values, *self.cascade.input_norm(), out=scene.values)
+        scene = LRScene(None, **meta)
+        valid = r.bcast_array(valid)
+        tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
+        origin = (scene.grid.row0 * self.scale, scene.grid.col0 * self.scale)
         s, (h, w) = self.scale, valid.shape
         chunk = min(self.cfg.chunk, h * s)
         weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
         bands = partition_bands(np.array(weights), chunk, h * s, r.size)
         a, b = bands[r.rank]
+        mine = band_tiles(tiles, s, a, b)
+        lr, row_offset = self._scatter_rows(lr, [band_tiles(tiles, s, *band) for band in bands])
+        t_read = time.perf_counter() - t0
         final = self.output_path(slot or scene.time)
         spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr, "overlap_lr": self.cfg.overlap_lr,
                                  "halo_hr": self.blend.halo, "ramp_hr": self.blend.ramp,
@@ -266,12 +273,11 @@ class ScenePipeline:
         tmp = r.bcast(tmp)
 
         t1 = time.perf_counter()
-        mine = band_tiles(tiles, s, a, b)
         target = tmp if r.rank == 0 else part_path(final, r.rank)
         err = None
         try:
             if b > a:
-                self._compute_band(lr, valid, origin, mine, spec, target, a, b, part=r.rank > 0)
+                self._compute_band(lr, row_offset, valid, origin, mine, spec, target, a, b, part=r.rank > 0)
         except Exception as e:  # noqa: BLE001
             err = _message(e, final, f"write failed on rank {r.rank}")
         t_compute = time.perf_counter() - t1
@@ -291,10 +297,10 @@ class ScenePipeline:
             if k and r.rank == 0:
                 part_path(final, k).unlink(missing_ok=True)
         t_merge = time.perf_counter() - t2
-        if r.rank == 0 and self.cfg.quicklook:
+        if r.rank == 0 and views is not None:
             from ..evaluation.plots import sr_quicklook
             try:
-                sr_quicklook(scene.values, self.pair.lr_channels, final, final.with_suffix(".png"))
+                sr_quicklook(views, self.pair.lr_channels, final, final.with_suffix(".png"))
             except OSError as e:  # the product is complete; a missing picture is not a failure
                 log.warning("%s: quicklook not written (%s)", final, one_line(e))
         seconds = {"read": t_read, "compute": t_compute, "merge": t_merge, "total": time.perf_counter() - t0}
@@ -323,7 +329,21 @@ class ScenePipeline:
         tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
         return lr, valid, tiles, (scene.grid.row0 * self.scale, scene.grid.col0 * self.scale)
 
-    def _compute_band(self, lr, valid, origin: tuple[int, int], tiles: list[Tile], spec: OutputSpec, target: Path,
+    def _scatter_rows(self, lr: np.ndarray | None, per_rank: list[list[Tile]]) -> tuple[np.ndarray, int]:
+        """Rank 0 (which read the scene) sends every rank the LR rows its tiles need; returns this
+        rank's rows and the scene row they start at.  No rank but 0 ever holds the whole scene."""
+        r = self.ranks
+        spans = [(min(t.row0 for t in ts), max(t.row0 + t.rows for t in ts)) if ts else (0, 0) for ts in per_rank]
+        if r.size == 1:
+            return lr, 0
+        if r.rank == 0:
+            for k in range(1, r.size):
+                r.send_array(lr[:, spans[k][0]:spans[k][1]], k)
+            lo, hi = spans[0]
+            return np.ascontiguousarray(lr[:, lo:hi]), lo
+        return r.recv_array(0), spans[r.rank][0]
+
+    def _compute_band(self, lr, row_offset: int, valid, origin: tuple[int, int], tiles: list[Tile], spec: OutputSpec, target: Path,
                       a: int, b: int, part: bool) -> None:
         s, (h, w) = self.scale, valid.shape
         chunk = spec.chunks[0]
@@ -346,7 +366,7 @@ class ScenePipeline:
         bar = tqdm(total=len(tiles), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
                    disable=not (self.progress and self.ranks.rank == 0))
         try:
-            for tile, pred, hr_valid in self.runner.run(lr, valid, tiles, origin):
+            for tile, pred, hr_valid in self.runner.run(lr, valid, tiles, origin, row_offset):
                 flush(min(tile.row0 * s, b))
                 edges = interior_edges(tile, h, w)
                 if edges not in windows:
