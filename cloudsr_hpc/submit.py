@@ -60,7 +60,7 @@ def cmd_synth(args) -> int:
             raise ConfigError(f"--lr-format {f}: not a format of {pair.lr} (known: {', '.join(reg.sensor(pair.lr).formats)})")
     arch = SyntheticArchive(reg, pair, Path(args.archive), size=args.size or cfg.synth.size,
                             seed=cfg.synth.seed if args.seed is None else args.seed, lr_formats=lr_fmts)
-    paths = arch.write(slot_times(start, end, every))
+    paths = arch.write(slot_times(start, end, every), lr_only=args.lr_only)
     print(json.dumps({"archive": str(args.archive), "files": len(paths), "pair": pair.name}))
     return 0
 
@@ -224,7 +224,7 @@ def cmd_campaign(args) -> int:
                                out_dir=str(Path(args.out).resolve()) if args.out else "",
                                infer_config=str(config_path(args.config).resolve()), infer_set=list(args.set),
                                max_attempts=args.max_attempts, workers=args.workers)
-        cdir, n, missing = cp.create(root, spec, _registry(args))
+        cdir, n, missing = cp.create(root, spec, _registry(args), dry_run=args.dry_run)
         log.info("campaign %s: %d scenes (%d without input) in %s", spec.name, n, missing, cdir)
     workers = args.workers or spec.workers
     jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run)
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--lr-format", action="append", help="LR file format(s) to write, e.g. nc and native "
                     "(repeatable; default: the pair's)")
+    sp.add_argument("--lr-only", action="store_true", help="only the LR sensor's files (inference campaigns)")
 
     sp = add("pairs", cmd_pairs, "build Stage 1 / Stage 2 HDF5 training shards from an archive")
     with_config(sp, "pairs.yaml")

@@ -34,6 +34,28 @@ def sv_archive(tmp_path_factory):
     return root, yaml.safe_load(out.stdout)
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node Slurm cluster (slurmctld, slurmd, slurmdbd + mariadb so that sacct and
+    Submitit work), started by scripts/start-local-slurm.sh (idempotent; needs root)."""
+    import shutil
+    env = dict(os.environ, SLURM_ACCOUNTING=os.environ.get("SLURM_ACCOUNTING", "dbd"))
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "start-local-slurm.sh")], env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert shutil.which("sbatch") and shutil.which("sacct")
+    return True
+
+
+@pytest.fixture(scope="session")
+def campaign_archive(tmp_path_factory):
+    """Eight SEVIRI slots (11:00-12:45, LR files only) for inference campaigns."""
+    root = tmp_path_factory.mktemp("campaign") / "archive"
+    run_cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T11:00", "--end", "2024-06-01T12:45",
+            "--archive", root, "--lr-only", check=True)
+    return root
+
+
 def run_train(config, shards, out, *sets, port=None, timeout=1200, wait=True):
     """``python -m cloudsr_hpc.train`` in a subprocess (DeepSpeed owns the process group);
     ``wait=False`` returns the running Popen (stdout+stderr piped together)."""

@@ -74,9 +74,10 @@ def infer_config(spec: CampaignSpec):
     return load(InferConfig, spec.infer_config, [f"pair={spec.pair}", *spec.infer_set])
 
 
-def create(root: str | Path, spec: CampaignSpec, registry) -> tuple[Path, int, int]:
+def create(root: str | Path, spec: CampaignSpec, registry, dry_run: bool = False) -> tuple[Path, int, int]:
     """Write the campaign directory and its ledger; returns (dir, scenes, missing).  Everything is
-    checked before anything is written: dates, range, archive, pair, checkpoints."""
+    checked before anything is written: dates, range, archive, pair, checkpoints.  ``dry_run``
+    checks and counts, and writes nothing."""
     from ..data.index import ArchiveIndex, parse_date, parse_every, slot_times
     from ..inference.pipeline import checkpoints_for, output_name
     spec.validate("campaign")
@@ -100,8 +101,10 @@ def create(root: str | Path, spec: CampaignSpec, registry) -> tuple[Path, int, i
         except CloudSRError:
             files, missing = [], missing + 1
         rows.append((t.isoformat(), files, str(out / output_name(pair.name, cfg.stages, t))))
-    (cdir / "logs").mkdir(parents=True, exist_ok=True)
     spec_path = cdir / "campaign.yaml"
+    if dry_run:
+        return cdir, len(rows), missing
+    (cdir / "logs").mkdir(parents=True, exist_ok=True)
     if spec_path.exists():
         old = load_spec(cdir)
         if (old.start, old.end, old.every, old.pair) != (spec.start, spec.end, spec.every, spec.pair):

@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import submitit
@@ -149,6 +151,25 @@ def campaign_executor(cdir: Path, kind: str, job: JobDef, profile: ClusterProfil
     return ex
 
 
+@contextmanager
+def _stdio_to_devnull(active: bool):
+    """Local workers (Submitit's controller) inherit our stdout/stderr; they log to their own
+    files, and must not hold the caller's pipes open after the command returns."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1), os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def submit_campaign(cdir: Path, kind: str, profile: ClusterProfile, workers: int, after: str | None = None,
                     dry_run: bool = False) -> list:
     """Start ``workers`` campaign workers; returns the Submitit jobs (none on a dry run)."""
@@ -159,9 +180,11 @@ def submit_campaign(cdir: Path, kind: str, profile: ClusterProfile, workers: int
         for k, v in sorted(ex._executor.parameters.items()):
             print(f"#   {k} = {v}")
         if kind == "slurm":
-            print(ex._executor._make_submission_file_text("python -u -m submitit.core._submit " + str(ex.folder), "UID"))
+            print(f"# Submitit adds: --array=0-{workers - 1}%{ex._executor.parameters.get('array_parallelism', workers)}")
+            print(ex._executor._make_submission_file_text(ex._executor._submitit_command_str, "UID"))
         return []
-    jobs = ex.map_array(CampaignWorker(), [str(cdir)] * workers)
+    with _stdio_to_devnull(kind == "local"):
+        jobs = ex.map_array(CampaignWorker(), [str(cdir)] * workers)
     from .ledger import Ledger
     ledger = Ledger(cdir / "ledger.sqlite")
     for j in jobs:

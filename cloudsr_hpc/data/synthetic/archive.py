@@ -195,12 +195,15 @@ class SyntheticArchive:
                                    when + dt.timedelta(minutes=10), platform=self.hr.platforms[0])
         return paths
 
-    def write(self, slots: list[dt.datetime]) -> list[Path]:
+    def write(self, slots: list[dt.datetime], lr_only: bool = False) -> list[Path]:
+        """Both sensors' files for every slot (``lr_only``: just the LR sensor's, what inference
+        campaigns read)."""
         paths = []
         for slot in slots:
             log.info("synthesising %s %s", self.pair.name, slot.isoformat())
             paths += self.write_lr(slot)
-            paths += self.write_hr(slot)
+            if not lr_only:
+                paths += self.write_hr(slot)
         return paths
 
 

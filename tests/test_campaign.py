@@ -1,0 +1,220 @@
+"""Reprocessing campaigns: ledger, local and Slurm executors, fault injection, resume, status."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudsr_hpc.inference.pipeline import verify_output
+from cloudsr_hpc.orchestration.ledger import Ledger
+from tests.conftest import make_export, run_cli
+
+SLOTS = [f"2024-06-01T{h:02d}:{m:02d}:00" for h in (11, 12) for m in (0, 15, 30, 45)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_export(tmp_path_factory.mktemp("model") / "reg", stage="regression", base=8, mult=(1, 2))
+
+
+def infer_sets(model):
+    return [a for s in ("stages=regression", f"regression_checkpoint={model}", "tile_lr=64", "overlap_lr=8",
+                        "chunk=128", "quicklook=false") for a in ("--set", s)]
+
+
+def ledger_of(root, name):
+    return Ledger(Path(root) / name / "ledger.sqlite")
+
+
+def wait_for(pred, timeout=600, every=0.2):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def running_claim_with_part(root, name):
+    """(slot, owner) of a scene being written right now (its temporary output exists)."""
+    out = Path(root) / name / "output"
+    led = ledger_of(root, name)
+    try:
+        for sc in led.scenes():
+            if sc.state == "running" and list(out.glob(f".{Path(sc.output).name}.*part")):
+                return sc.slot, sc.owner
+    finally:
+        led.close()
+    return None
+
+
+def check_complete(root, name, expect_done, lost_slots=()):
+    """Every expected scene done with a verified output and exactly one successful attempt."""
+    led = ledger_of(root, name)
+    try:
+        scenes = {s.slot: s for s in led.scenes()}
+        for slot in expect_done:
+            assert scenes[slot].state == "done", (slot, scenes[slot])
+            verify_output(scenes[slot].output)
+            states = [a[4] for a in led.attempts(slot)]
+            assert states.count("done") == 1, (slot, states)  # never computed twice
+        for slot in lost_slots:
+            assert "lost" in [a[4] for a in led.attempts(slot)], slot
+        return scenes, led.attempts()
+    finally:
+        led.close()
+
+
+# --------------------------------------------------------------------------------------- local
+def test_bad_campaign_input_fails_before_anything_is_submitted(campaign_archive, model, tmp_path):
+    common = ["--root", tmp_path / "c", "--archive", campaign_archive, "--executor", "local", *infer_sets(model)]
+    cases = {
+        "unknown date format": ["--name", "a", "--start", "June 1st"],
+        "is before": ["--name", "b", "--start", "2024-06-01T12:00", "--end", "2024-06-01T11:00"],
+        "unknown cluster profile": ["--name", "c", "--start", "2024-06-01T12:00", "--cluster", "nosuch"],
+        "checkpoint does not exist": ["--name", "d", "--start", "2024-06-01T12:00", "--set",
+                                      f"regression_checkpoint={tmp_path / 'none.pt'}"],
+    }
+    for want, args in cases.items():
+        p = run_cli("campaign", *common, *args)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and want in errors[0], (want, p.stderr[-1500:])
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+@pytest.mark.slow
+def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(campaign_archive, model, tmp_path):
+    archive = tmp_path / "archive"
+    shutil.copytree(campaign_archive, archive)
+    bad = next(archive.rglob("*20240601111509.nc"))  # the 11:15 slot: truncated
+    bad.write_bytes(bad.read_bytes()[:5000])
+    root, name = tmp_path / "campaigns", "kill"
+    start = run_cli("campaign", "--name", name, "--root", root, "--start", "2024-06-01T11:00", "--end",
+                    "2024-06-01T13:00", "--archive", archive, "--executor", "local", "--workers", "2",
+                    "--max-attempts", "2", "--no-wait", *infer_sets(model))
+    assert start.returncode == 0, start.stderr[-2000:]
+    pids = [int(j) for j in json.loads(start.stdout.strip().splitlines()[-1])["jobs"]]
+    hit = wait_for(lambda: running_claim_with_part(root, name), timeout=300, every=0.02)
+    assert hit, "no worker reached the write phase"
+    killed_slot, owner = hit
+    victim = int(owner.rsplit(":", 1)[1])
+    os.kill(victim, signal.SIGKILL)  # kill -9 mid-write
+    assert wait_for(lambda: not any(alive(p) for p in pids), timeout=600), "workers did not finish"
+    out = root / name / "output"
+    st = run_cli("status", name, "--root", root, "--json")
+    counts = json.loads(st.stdout)["counts"]
+    assert counts["missing"] == 1 and counts["running"] == 0  # status released the dead worker's claim
+    assert counts["done"] + counts["pending"] + counts["failed"] + counts["quarantined"] == 8
+    resume = run_cli("campaign", "resume", name, "--root", root, "--executor", "local", "--workers", "2")
+    assert resume.returncode == 2, resume.stderr[-2000:]  # done, except the quarantined scene
+    good = [s for s in SLOTS if s != "2024-06-01T11:15:00"]
+    scenes, _ = check_complete(root, name, good, lost_slots=[killed_slot])
+    assert scenes["2024-06-01T11:15:00"].state == "quarantined" and bad.name in scenes["2024-06-01T11:15:00"].error
+    assert scenes["2024-06-01T11:15:00"].attempts == 2
+    assert scenes["2024-06-01T13:00:00"].state == "missing" and scenes["2024-06-01T13:00:00"].attempts == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(scenes[s].output).name for s in good)  # no temporaries
+    table = run_cli("status", name, "--root", root).stdout
+    assert "done 7" in table and "quarantined 1" in table and "missing 1" in table and bad.name in table
+    n_attempts = len(ledger_of(root, name).attempts())
+    again = run_cli("campaign", "resume", name, "--root", root, "--executor", "local", "--workers", "1")
+    assert again.returncode == 2 and len(ledger_of(root, name).attempts()) == n_attempts  # nothing redone
+
+
+# --------------------------------------------------------------------------------------- Slurm
+def sacct_states(job: str) -> dict:
+    p = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True, text=True)
+    return dict(ln.split("|")[:2] for ln in p.stdout.split() if "|" in ln)
+
+
+def queue_empty(prefix: str) -> bool:
+    p = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
+    return not any(j.startswith(prefix) for j in p.stdout.split())
+
+
+def task_python_pid(array_job: str, task: str) -> int | None:
+    """The campaign worker process of one array task on this (only) node."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmd and f"SLURM_ARRAY_JOB_ID={array_job}".encode() in env \
+                and f"SLURM_ARRAY_TASK_ID={task}".encode() in env and b"SLURM_STEP_ID=0" in env:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_cluster, campaign_archive, model,
+                                                                         tmp_path):
+    # one scene, two MPI ranks, through slurm/infer.sh
+    p = run_cli("infer", "--date", "2024-06-01T12:00", "--archive", campaign_archive, "--out", tmp_path / "infer",
+                "--executor", "slurm", "--cluster", "localslurm", "--ranks", "2", "--log", tmp_path / "infer.log",
+                *infer_sets(model))
+    assert p.returncode == 0, p.stderr[-2000:]
+    job = json.loads(p.stdout)["job"]
+    assert wait_for(lambda: sacct_states(job).get(job) in ("COMPLETED", "FAILED", "CANCELLED"), timeout=600)
+    log = (tmp_path / "infer.log").read_text()
+    assert sacct_states(job)[job] == "COMPLETED", log[-3000:]
+    assert '"ranks": 2' in log
+    verify_output(next((tmp_path / "infer").glob("*.nc")))
+
+    # eight scenes as a job array (4 tasks, %2), one task scancelled and one worker killed mid-write
+    root, name = tmp_path / "campaigns", "array"
+    p = run_cli("campaign", "--name", name, "--root", root, "--start", "2024-06-01T11:00", "--end",
+                "2024-06-01T12:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster", "localslurm",
+                "--workers", "4", *infer_sets(model))
+    assert p.returncode == 0, p.stderr[-2000:]
+    jobs = json.loads(p.stdout.strip().splitlines()[-1])["jobs"]
+    array = jobs[0].split("_")[0]
+    hit = wait_for(lambda: running_claim_with_part(root, name), timeout=600, every=0.05)
+    assert hit, "no task reached the write phase"
+    subprocess.run(["scancel", hit[1].split(":", 1)[1]], check=True)  # scancel that array task mid-run
+    other = wait_for(lambda: next((o for _, o in [running_claim_with_part(root, name) or (None, None)]
+                                   if o and o != hit[1]), None), timeout=600, every=0.05)
+    lost = [hit[0]]
+    if other:  # kill -9 another task's worker mid-write
+        pid = task_python_pid(array, other.rsplit("_", 1)[1])
+        if pid:
+            lost.append(next(s.slot for s in ledger_of(root, name).scenes() if s.owner == other))
+            os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: queue_empty(array), timeout=900), "array did not finish"
+    states = sacct_states(array)
+    assert "CANCELLED" in " ".join(states.values()) and len(states) == 4, states
+    st = json.loads(run_cli("status", name, "--root", root, "--json").stdout)
+    assert st["counts"]["running"] == 0 and st["counts"]["done"] + st["counts"]["pending"] == 8
+
+    # resume: a new array; one of its tasks is preempted (the signal Submitit gets before a
+    # timeout/preemption), checkpoints, requeues and finishes
+    p = run_cli("campaign", "resume", name, "--root", root, "--executor", "slurm", "--cluster", "localslurm",
+                "--workers", "2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    array2 = json.loads(p.stdout.strip().splitlines()[-1])["jobs"][0].split("_")[0]
+    pre = wait_for(lambda: running_claim_with_part(root, name), timeout=600, every=0.05)
+    if pre:
+        subprocess.run(["scancel", "--signal=USR2", pre[1].split(":", 1)[1]], check=True)
+    assert wait_for(lambda: queue_empty(array2), timeout=900), "resume array did not finish"
+    check_complete(root, name, SLOTS, lost_slots=lost)
+    table = run_cli("status", name, "--root", root).stdout
+    assert "done 8" in table and "pending 0" in table, table
+    if pre:
+        restarts = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", pre[1].split(":", 1)[1], "-o", "State"],
+                                  capture_output=True, text=True).stdout.split()
+        assert "REQUEUED" in restarts or len(restarts) > 1, restarts  # the preempted task ran again
