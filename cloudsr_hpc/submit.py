@@ -11,7 +11,7 @@ Subcommands:
   campaign reprocess a date range: ledger + job array of workers; 'campaign resume NAME'
   status   campaign progress table (done/running/pending/failed, throughput, ETA, failures)
   cancel   cancel a campaign's jobs
-  demo     the embedded default end to end: synthetic archive -> training shards
+  demo     the embedded default end to end, no cluster: archive -> shards -> tiny cascade -> campaign -> metrics
 
 Every failure prints one line (``error: <file/key>: <what is wrong>``) and exits non-zero.
 """
@@ -277,21 +277,59 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "train.batch_size=8", "train.lr=5e-4",
+              "train.val_every=1000"]
+
+
 def cmd_demo(args) -> int:
-    """Embedded default: a small synthetic archive and its training shards, no cluster needed."""
-    root = Path(args.out)
-    archive, shards = root / "archive", root / "pairs" / args.pair
+    """The embedded default end to end, no cluster: synthetic archive -> training shards -> tiny
+    Stage 1, Stage 2 and regression models -> a local reprocessing campaign of the last slots
+    (stitched NetCDF + quicklooks) -> held-out metrics table.  Steps whose results exist are kept."""
+    import subprocess
+    root = Path(args.out).resolve()
+    archive, shards, runs = root / "archive", root / "pairs" / args.pair, root / "runs"
     common = ["--sensors", args.sensors, "--set", f"synth.seed={args.seed}"]
-    rc = main(["synth", "--pair", args.pair, "--start", "2024-06-01T11:00", "--end", "2024-06-01T12:45",
-               "--archive", str(archive), *common])
-    if rc:
-        return rc
-    rc = main(["pairs", "--pair", args.pair, "--archive", str(archive), "--out", str(shards), *common])
-    if rc:
-        return rc
+    if not archive.exists() and main(["synth", "--pair", args.pair, "--start", "2024-06-01T11:00", "--end",
+                                      "2024-06-01T12:45", "--archive", str(archive), *common]):
+        return 2
+    if not (shards / "val").exists() and main(["pairs", "--pair", args.pair, "--archive", str(archive),
+                                               "--out", str(shards), *common]):
+        return 2
     from .evaluation.plots import pairs_quicklook
-    png = pairs_quicklook(sorted((shards / "train").glob("pairs-*.h5"))[0], root / "quicklook_pairs.png")
-    print(json.dumps({"quicklook": str(png)}))
+    pairs_quicklook(sorted((shards / "train").glob("pairs-*.h5"))[0], root / "quicklook_pairs.png")
+    steps = [f"train.steps={args.steps}", f"train.ckpt_every={args.steps}", f"data.pair={args.pair}"]
+    for name, config, extra in (("stage1", "stage1.yaml", ["init_from=null"]),
+                                ("stage2", "stage2.yaml", [f"init_from={runs / 'stage1' / 'export' / 'model.pt'}"]),
+                                ("regression", "stage1.yaml", ["stage=regression", "init_from=null"])):
+        if (runs / name / "export" / "model.pt").exists():
+            continue
+        log.info("demo: training %s (%d CPU steps)", name, args.steps)
+        cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config)),
+               "--set", f"data.shards={shards}", "--set", f"train.out_dir={runs / name}"]
+        cmd += [a for kv in DEMO_MODEL + steps + extra for a in ("--set", kv)]
+        if subprocess.run(cmd).returncode:
+            raise CloudSRError(f"demo: training {name} failed (see the log above)")
+    ck = {k: runs / k / "export" / "model.pt" for k in ("stage1", "stage2", "regression")}
+    rc = main(["campaign", "--name", "demo", "--root", str(root / "campaigns"), "--pair", args.pair,
+               "--start", "2024-06-01T12:00", "--end", "2024-06-01T12:45", "--archive", str(archive),
+               "--executor", "local", "--workers", "2", "--sensors", args.sensors,
+               "--set", f"stage1_checkpoint={ck['stage1']}", "--set", f"stage2_checkpoint={ck['stage2']}",
+               "--set", f"regression_checkpoint={ck['regression']}", "--set", "tile_lr=64",
+               "--set", "overlap_lr=16", "--set", "chunk=256"])
+    if rc:
+        return rc
+    from .data.datasets import PairDataset
+    from .evaluation.heldout import heldout_scores, write_table
+    from .models.cascade import Cascade, Stage
+    stages = {k: Stage.load(v) for k, v in ck.items()}
+    scores = heldout_scores(PairDataset(shards / "val"), {
+        "Stage 1": Cascade([stages["stage1"]]), "cascade (Stage 1 -> Stage 2)": Cascade([stages["stage1"], stages["stage2"]]),
+        "regression UNet": Cascade([stages["regression"]])})
+    table = write_table(scores, f"Held-out {args.pair} pairs after {args.steps} CPU steps per model", root / "metrics.md")
+    print(table.read_text())
+    print(json.dumps({"archive": str(archive), "shards": str(shards), "models": {k: str(v) for k, v in ck.items()},
+                      "outputs": str(root / "campaigns" / "demo" / "output"), "metrics": str(table),
+                      "quicklook_pairs": str(root / "quicklook_pairs.png")}))
     return 0
 
 
@@ -406,10 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--root", default="runs/campaigns")
 
-    sp = add("demo", cmd_demo, "embedded default: synthetic archive -> training shards (no cluster)")
+    sp = add("demo", cmd_demo, "embedded default end to end, no cluster: synthetic archive -> shards -> "
+                               "tiny cascade -> local campaign -> quicklooks + metrics")
     sp.add_argument("--out", default="demo", help="output root (default: ./demo)")
     sp.add_argument("--pair", default="seviri_viirs")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--steps", type=int, default=150, help="CPU training steps per model")
     return p
 
 
