@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .config import load
+from .cli import guarded, setup_logging
 from .errors import CloudSRError, one_line
 
 log = logging.getLogger("cloudsr_hpc")
@@ -109,18 +110,8 @@ def _existing(pipe, slot, ranks):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("satpy", "pyresample", "pyorbital", "h5py", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        return run(args)
-    except CloudSRError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    setup_logging()
+    return guarded(run, args)
 
 
 if __name__ == "__main__":

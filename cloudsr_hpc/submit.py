@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from .config import config_path, dump_yaml, load
-from .errors import CloudSRError, ConfigError, one_line
+from .cli import guarded, setup_logging
+from .errors import CloudSRError, ConfigError
 
 log = logging.getLogger("cloudsr_hpc")
 
@@ -154,8 +155,12 @@ def cmd_train(args) -> int:
             print(json.dumps({"job": job, "stage": stage, "executor": "slurm"}))
         return 0
     cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config))]
-    cmd += [a for s in sets for a in ("--set", s)]
-    if args.dry_run:
+    return _run_local(cmd + [a for s in sets for a in ("--set", s)], args.dry_run)
+
+
+def _run_local(cmd: list[str], dry_run: bool) -> int:
+    """The local executor: run the command here (a dry run prints it)."""
+    if dry_run:
         print(" ".join(cmd))
         return 0
     import subprocess
@@ -193,12 +198,7 @@ def cmd_infer(args) -> int:
             print(json.dumps({"job": job, "executor": "slurm", "ranks": args.ranks or load_job("infer").resources.ntasks_per_node}))
         return 0
     mpi = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks)] if (args.ranks or 1) > 1 else []
-    cmd = mpi + [sys.executable, "-m", "cloudsr_hpc.infer", *fwd]
-    if args.dry_run:
-        print(" ".join(cmd))
-        return 0
-    import subprocess
-    return subprocess.run(cmd).returncode
+    return _run_local(mpi + [sys.executable, "-m", "cloudsr_hpc.infer", *fwd], args.dry_run)
 
 
 def cmd_campaign(args) -> int:
@@ -223,10 +223,14 @@ def cmd_campaign(args) -> int:
                                every=args.every, archive=str(Path(args.archive).resolve()),
                                out_dir=str(Path(args.out).resolve()) if args.out else "",
                                infer_config=str(config_path(args.config).resolve()), infer_set=list(args.set),
-                               max_attempts=args.max_attempts, workers=args.workers)
+                               max_attempts=args.max_attempts, workers=args.workers or 2)
         cdir, n, missing = cp.create(root, spec, _registry(args), dry_run=args.dry_run)
         log.info("campaign %s: %d scenes (%d without input) in %s", spec.name, n, missing, cdir)
-    workers = args.workers or spec.workers
+    workers = spec.workers if args.workers is None else args.workers
+    if workers == 0:  # create (or reconcile) only: start workers yourself, e.g. with slurm/campaign.sh
+        print(json.dumps({"campaign": str(cdir), "executor": None, "jobs": [],
+                          "start_with": f"sbatch --array=0-3%2 slurm/campaign.sh {cdir}"}))
+        return 0
     jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run)
     if args.dry_run:
         return 0
@@ -277,8 +281,8 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "train.batch_size=8", "train.lr=5e-4",
-              "train.val_every=1000"]
+DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "diffusion.steps=2", "train.batch_size=8",
+              "train.lr=5e-4", "train.val_every=1000"]
 
 
 def cmd_demo(args) -> int:
@@ -311,10 +315,11 @@ def cmd_demo(args) -> int:
             raise CloudSRError(f"demo: training {name} failed (see the log above)")
     ck = {k: runs / k / "export" / "model.pt" for k in ("stage1", "stage2", "regression")}
     rc = main(["campaign", "--name", "demo", "--root", str(root / "campaigns"), "--pair", args.pair,
-               "--start", "2024-06-01T12:00", "--end", "2024-06-01T12:45", "--archive", str(archive),
-               "--executor", "local", "--workers", "2", "--sensors", args.sensors,
+               "--start", "2024-06-01T12:30", "--end", "2024-06-01T12:45", "--archive", str(archive),
+               "--executor", "local", "--workers", "2", "--sensors", args.sensors, "--set", "cpu_threads=1",
+               "--set", "batch_size=4",
                "--set", f"stage1_checkpoint={ck['stage1']}", "--set", f"stage2_checkpoint={ck['stage2']}",
-               "--set", f"regression_checkpoint={ck['regression']}", "--set", "tile_lr=64",
+               "--set", f"regression_checkpoint={ck['regression']}", "--set", "tile_lr=128",
                "--set", "overlap_lr=16", "--set", "chunk=256"])
     if rc:
         return rc
@@ -430,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--archive", default="runs/archive")
     sp.add_argument("--out", help="output directory (default: <root>/<name>/output)")
     sp.add_argument("--root", default="runs/campaigns", help="where campaigns live")
-    sp.add_argument("--workers", type=int, default=2, help="worker processes / array tasks")
+    sp.add_argument("--workers", type=int, help="worker processes / array tasks (default 2; 0: create the "
+                    "campaign only, start workers yourself with slurm/campaign.sh)")
     sp.add_argument("--max-attempts", type=int, default=3)
     sp.add_argument("--no-wait", action="store_true", help="local executor: return once workers started")
     cluster_opts(sp)
@@ -455,18 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("satpy", "pyresample", "pyorbital", "h5py", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        return args.fn(args)
-    except CloudSRError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    setup_logging(args.verbose)
+    return guarded(args.fn, args)
 
 
 if __name__ == "__main__":

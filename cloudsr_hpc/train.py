@@ -12,7 +12,7 @@ import os
 import sys
 
 from .config import load
-from .errors import CloudSRError, one_line
+from .cli import guarded, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,22 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    try:
-        from .schema import StageConfig
-        cfg = load(StageConfig, args.config, args.set)
-        from .training.distributed import init_distributed
-        from .training.trainer import Trainer
-        dist = init_distributed()
-        logging.getLogger("cloudsr_hpc").info("rank %d of %d on %s", dist.rank, dist.world, dist.device)
-        if dist.rank != 0:
-            logging.getLogger().setLevel(logging.WARNING)
-        return Trainer(cfg, dist).fit()
-    except CloudSRError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    return guarded(_train, args)
+
+
+def _train(args) -> int:
+    from .schema import StageConfig
+    cfg = load(StageConfig, args.config, args.set)
+    from .training.distributed import init_distributed
+    from .training.trainer import Trainer
+    dist = init_distributed()
+    logging.getLogger("cloudsr_hpc").info("rank %d of %d on %s", dist.rank, dist.world, dist.device)
+    if dist.rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    return Trainer(cfg, dist).fit()
 
 
 if __name__ == "__main__":

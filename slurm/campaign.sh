@@ -17,9 +17,7 @@
 set -uo pipefail
 ROOT=${CLOUDSR_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 cd "$ROOT" || exit 1
-if [ -n "${CLOUDSR_SETUP:-}" ]; then eval "$CLOUDSR_SETUP"; fi
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+source slurm/env.sh
 [ $# -eq 1 ] || { echo "usage: sbatch slurm/campaign.sh CAMPAIGN_DIR" >&2; exit 2; }
 echo "cloudsr-hpc campaign worker: job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-?}} task ${SLURM_ARRAY_TASK_ID:-0} restart ${SLURM_RESTART_COUNT:-0}"
 exec "$PY" -m cloudsr_hpc.orchestration.worker "$1"

@@ -16,8 +16,6 @@
 set -uo pipefail
 ROOT=${CLOUDSR_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 cd "$ROOT" || exit 1
-if [ -n "${CLOUDSR_SETUP:-}" ]; then eval "$CLOUDSR_SETUP"; fi
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+source slurm/env.sh
 echo "cloudsr-hpc infer: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} tasks ${SLURM_NTASKS:-1}: $*"
 exec srun --mpi="${CLOUDSR_SRUN_MPI:-pmi2}" --kill-on-bad-exit=1 "$PY" -m cloudsr_hpc.infer --quiet "$@"

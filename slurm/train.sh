@@ -12,11 +12,9 @@
 set -uo pipefail
 ROOT=${CLOUDSR_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 cd "$ROOT" || exit 1
-if [ -n "${CLOUDSR_SETUP:-}" ]; then eval "$CLOUDSR_SETUP"; fi
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+source slurm/env.sh
 # compiled DeepSpeed ops are cached per user, never rebuilt per job (compute nodes: no internet needed)
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/cloudsr_hpc/torch_extensions}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "cloudsr-hpc train: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} nodes ${SLURM_JOB_NUM_NODES:-1} tasks ${SLURM_NTASKS:-1} config ${CONFIG}"
 rc=0
 # no --kill-on-bad-exit: after a signal every rank saves and exits 75, and srun must wait for all

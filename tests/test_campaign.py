@@ -82,6 +82,22 @@ def check_complete(root, name, expect_done, lost_slots=()):
 
 
 # --------------------------------------------------------------------------------------- local
+def test_dry_runs_print_the_submission_and_submit_nothing(campaign_archive, model, tmp_path):
+    p = run_cli("train", "--stage", "2", "--executor", "slurm", "--cluster", "example-gpu", "--after", "123",
+                "--dry-run", "--set", "train.steps=10")
+    assert p.returncode == 0, p.stderr[-1500:]
+    first = p.stdout.splitlines()[0]
+    assert first.startswith("sbatch ") and "--dependency=afterok:123" in first and "--partition=gpu" in first
+    assert "--gpus-per-node=4" in first and "--account=my_project" in first and "train_stage2.sh" in first
+    assert "#SBATCH --requeue" in p.stdout  # the script itself follows
+    p = run_cli("campaign", "--name", "dry", "--root", tmp_path / "c", "--start", "2024-06-01T11:00", "--end",
+                "2024-06-01T12:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster", "localslurm",
+                "--workers", "4", "--after", "77", "--dry-run", *infer_sets(model))
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert "--array=0-3%2" in p.stdout and "'dependency': 'afterok:77'" in p.stdout and "#SBATCH --partition=debug" in p.stdout
+    assert "8 scenes" in p.stderr and not (tmp_path / "c").exists()
+
+
 def test_bad_campaign_input_fails_before_anything_is_submitted(campaign_archive, model, tmp_path):
     common = ["--root", tmp_path / "c", "--archive", campaign_archive, "--executor", "local", *infer_sets(model)]
     cases = {
@@ -205,6 +221,17 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     check_complete(root, name, SLOTS, lost_slots=[hit[0]])
     table = run_cli("status", name, "--root", root).stdout
     assert "done 8" in table and "pending 0" in table and "running 0" in table, table
+
+    # the same workers started directly with sbatch slurm/campaign.sh (campaign created with --workers 0)
+    p = run_cli("campaign", "--name", "direct", "--root", root, "--start", "2024-06-01T12:00", "--end",
+                "2024-06-01T12:15", "--archive", campaign_archive, "--workers", "0", *infer_sets(model))
+    assert p.returncode == 0 and "slurm/campaign.sh" in p.stdout, p.stderr[-2000:]
+    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", f"--output={tmp_path}/direct-%A_%a.out",
+                          str(Path(__file__).resolve().parents[1] / "slurm" / "campaign.sh"), str(root / "direct")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_for(lambda: queue_empty(job), timeout=600), "slurm/campaign.sh array did not finish"
+    assert set(sacct_states(job).values()) == {"COMPLETED"}, sacct_states(job)
+    check_complete(root, "direct", SLOTS[4:6])
 
     # preemption: a task gets the signal Submitit receives before a timeout/preemption while it
     # writes; it checkpoints, requeues itself, takes back its claim and finishes the campaign

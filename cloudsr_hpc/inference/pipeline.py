@@ -13,7 +13,6 @@ A rank holds (tile + chunk) HR rows of the accumulator plus the LR scene (1/scal
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
@@ -31,6 +30,7 @@ from ..data.sensors import Registry
 from ..errors import CloudSRError, ConfigError, InputError, OutputError, one_line
 from ..models.cascade import Cascade, Stage
 from ..schema import InferConfig
+from ..training.checkpoint import sha256
 from .mpi import Ranks
 from .runner import TileRunner, pick_device
 from .tiling import Accumulator, Blend, Tile, blend_geometry, blend_window, interior_edges, plan_tiles
@@ -60,14 +60,6 @@ class LRScene:
     sha256: list[str] = field(default_factory=list)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_input(files: list[str | Path], registry: Registry, sensor_name: str, channels: list[str]) -> LRScene:
     """An LR scene from a canonical NetCDF scene or from the sensor's own files (through satpy)."""
     from ..data.index import identify, parsers
@@ -95,7 +87,7 @@ def read_input(files: list[str | Path], registry: Registry, sensor_name: str, ch
     values = np.stack([ds[c].values.astype(np.float32, copy=False) for c in channels])
     t = scene_time(ds)
     del ds  # the stacked copy is all that is kept
-    return LRScene(values, grid, t, sensor_name, [p.name for p in paths], [_sha256(p) for p in paths])
+    return LRScene(values, grid, t, sensor_name, [p.name for p in paths], [sha256(p) for p in paths])
 
 
 def normalise(values: np.ndarray, lo, hi, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +240,7 @@ class ScenePipeline:
         valid = r.bcast_array(valid)
         tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
         origin = (scene.grid.row0 * self.scale, scene.grid.col0 * self.scale)
-        s, (h, w) = self.scale, valid.shape
+        s, h = self.scale, valid.shape[0]
         chunk = min(self.cfg.chunk, h * s)
         weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
         bands = partition_bands(np.array(weights), chunk, h * s, r.size)

@@ -34,6 +34,9 @@ class TileRunner:
                  compile: bool = False):
         self.cascade, self.device, self.batch_size = cascade, device, batch_size
         self.bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+        if device.type == "cpu":
+            # denormal activations cost CPUs up to 3x (measured: 273 s -> 90 s for one demo scene)
+            torch.set_flush_denormal(True)
         for st in cascade.stages:
             st.model.to(device).eval()
             if compile:

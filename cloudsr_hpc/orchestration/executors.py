@@ -121,11 +121,9 @@ class CampaignWorker(submitit.helpers.Checkpointable):
     the requeued task takes back the claims it held."""
 
     def __call__(self, cdir: str) -> dict:
+        from ..cli import setup_logging
         from .campaign import work
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            stream=sys.stderr)
-        for noisy in ("satpy", "pyresample", "pyorbital", "h5py", "fsspec"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        setup_logging()
         return work(cdir)
 
 
