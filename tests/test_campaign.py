@@ -82,6 +82,15 @@ def check_complete(root, name, expect_done, lost_slots=()):
 
 
 # --------------------------------------------------------------------------------------- local
+def test_job_definitions_and_cluster_profiles_load():
+    from cloudsr_hpc.orchestration.executors import load_job, load_profile
+    for kind in ("train", "infer", "campaign"):
+        job = load_job(kind)
+        assert job.kind == kind and job.inputs and job.outputs and all(isinstance(x, str) for x in job.inputs)
+    for name in ("local", "localslurm", "example-gpu"):
+        assert load_profile(name).time_minutes > 0
+
+
 def test_dry_runs_print_the_submission_and_submit_nothing(campaign_archive, model, tmp_path):
     p = run_cli("train", "--stage", "2", "--executor", "slurm", "--cluster", "example-gpu", "--after", "123",
                 "--dry-run", "--set", "train.steps=10")
