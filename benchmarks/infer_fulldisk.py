@@ -146,7 +146,7 @@ def seams(cfg_sets: list[str], scene: Path, out: Path, n_lr: int, tile: int, ove
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lr-size", type=int, default=256, help="side of the LR window scene for (a)/(b)")
+    ap.add_argument("--lr-size", type=int, default=352, help="side of the LR window scene for (a)/(b): 3x3 tiles of 128")
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--overlap", type=int, default=16)
     ap.add_argument("--batch", type=int, default=3, help="tiles per forward (3 divides the 9 default tiles)")

@@ -64,8 +64,9 @@ def running_claim_with_part(root, name):
     return None
 
 
-def check_complete(root, name, expect_done, lost_slots=()):
-    """Every expected scene done with a verified output and exactly one successful attempt."""
+def check_complete(root, name, expect_done, lost_slots=(), lost_owners=()):
+    """Every expected scene done with a verified output and exactly one successful attempt; the
+    given slots / workers have an attempt recorded as lost."""
     led = ledger_of(root, name)
     try:
         scenes = {s.slot: s for s in led.scenes()}
@@ -76,6 +77,8 @@ def check_complete(root, name, expect_done, lost_slots=()):
             assert states.count("done") == 1, (slot, states)  # never computed twice
         for slot in lost_slots:
             assert "lost" in [a[4] for a in led.attempts(slot)], slot
+        for owner in lost_owners:  # the scene it held when stopped (it may have finished another first)
+            assert any(a[1] == owner and a[4] == "lost" for a in led.attempts()), (owner, led.attempts())
         return scenes, led.attempts()
     finally:
         led.close()
@@ -137,7 +140,7 @@ def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(cam
     pids = [int(j) for j in json.loads(start.stdout.strip().splitlines()[-1])["jobs"]]
     hit = wait_for(lambda: running_claim_with_part(root, name), timeout=300, every=0.02)
     assert hit, "no worker reached the write phase"
-    killed_slot, owner = hit
+    _, owner = hit
     victim = int(owner.rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)  # kill -9 mid-write
     assert wait_for(lambda: not any(alive(p) for p in pids), timeout=600), "workers did not finish"
@@ -149,7 +152,7 @@ def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(cam
     resume = run_cli("campaign", "resume", name, "--root", root, "--executor", "local", "--workers", "2")
     assert resume.returncode == 2, resume.stderr[-2000:]  # done, except the quarantined scene
     good = [s for s in SLOTS if s != "2024-06-01T11:15:00"]
-    scenes, _ = check_complete(root, name, good, lost_slots=[killed_slot])
+    scenes, _ = check_complete(root, name, good, lost_owners=[owner])
     assert scenes["2024-06-01T11:15:00"].state == "quarantined" and bad.name in scenes["2024-06-01T11:15:00"].error
     assert scenes["2024-06-01T11:15:00"].attempts == 2
     assert scenes["2024-06-01T13:00:00"].state == "missing" and scenes["2024-06-01T13:00:00"].attempts == 0
@@ -227,7 +230,7 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     assert p.returncode == 0, p.stderr[-2000:]
     array2 = json.loads(p.stdout.strip().splitlines()[-1])["jobs"][0].split("_")[0]
     assert wait_for(lambda: queue_empty(array2), timeout=900), "resume array did not finish"
-    check_complete(root, name, SLOTS, lost_slots=[hit[0]])
+    check_complete(root, name, SLOTS, lost_owners=[hit[1]])
     table = run_cli("status", name, "--root", root).stdout
     assert "done 8" in table and "pending 0" in table and "running 0" in table, table
 
@@ -250,11 +253,12 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
                 "--workers", "1", *infer_sets(model))
     assert p.returncode == 0, p.stderr[-2000:]
     job = json.loads(p.stdout.strip().splitlines()[-1])["jobs"][0]
-    pre = wait_for(lambda: running_claim_with_part(root, name), timeout=600, every=0.05)
+    pre = wait_for(lambda: (lambda h: h if h and h[0] != SLOTS[3] else None)(running_claim_with_part(root, name)),
+                   timeout=600, every=0.05)  # not the last scene: the signal must find work in progress
     assert pre, "the worker never reached the write phase"
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     assert wait_for(lambda: queue_empty(job), timeout=900), "the preempted job did not finish"
-    check_complete(root, name, SLOTS[:4], lost_slots=[pre[0]])
+    check_complete(root, name, SLOTS[:4], lost_owners=[pre[1]])
     history = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", job, "-o", "State"], capture_output=True,
                              text=True).stdout.split()
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history
