@@ -34,7 +34,8 @@ from ..training.checkpoint import sha256
 from .mpi import Ranks
 from .runner import TileRunner, pick_device
 from .tiling import Accumulator, Blend, Tile, blend_geometry, blend_window, interior_edges, plan_tiles
-from .writer import BandSink, OutputSpec, create_output, merge_part, part_path, publish, remove_stale, temp_output
+from ..data.scene import atomic_path
+from .writer import BandSink, OutputSpec, create_output, merge_part, part_path, publish, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,7 @@ class ScenePipeline:
             lr, valid = normalise(scene.values, *self.cascade.input_norm(), out=scene.values)
         scene = LRScene(None, **meta)
         valid = r.bcast_array(valid)
-        tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
-        origin = (scene.grid.row0 * self.scale, scene.grid.col0 * self.scale)
+        tiles, origin = self.plan(valid, scene.grid)
         s, h = self.scale, valid.shape[0]
         chunk = min(self.cfg.chunk, h * s)
         weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
@@ -257,7 +257,7 @@ class ScenePipeline:
         if r.rank == 0:
             try:
                 remove_stale(final)
-                tmp = temp_output(final)
+                tmp = atomic_path(final)
                 create_output(tmp, spec)
             except Exception as e:  # noqa: BLE001
                 err = _message(e, final, "cannot create output")
@@ -315,11 +315,15 @@ class ScenePipeline:
             Path(tmp).unlink(missing_ok=True)
         raise kind(err)
 
+    def plan(self, valid: np.ndarray, grid: GeosGrid) -> tuple[list[Tile], tuple[int, int]]:
+        """The global tile plan and the scene's origin in the full-disk HR grid (keys the noise)."""
+        return (plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr),
+                (grid.row0 * self.scale, grid.col0 * self.scale))
+
     def prepare(self, scene: LRScene) -> tuple[np.ndarray, np.ndarray, list[Tile], tuple[int, int]]:
-        """(normalised LR, validity, global tile plan, scene origin in the full-disk HR grid)."""
+        """(normalised LR, validity, tile plan, origin) of a scene in one process (benchmarks)."""
         lr, valid = normalise(scene.values, *self.cascade.input_norm())
-        tiles = plan_tiles(valid, self.cfg.tile_lr, self.cfg.overlap_lr)
-        return lr, valid, tiles, (scene.grid.row0 * self.scale, scene.grid.col0 * self.scale)
+        return (lr, valid, *self.plan(valid, scene.grid))
 
     def _scatter_rows(self, lr: np.ndarray | None, per_rank: list[list[Tile]]) -> tuple[np.ndarray, int]:
         """Rank 0 (which read the scene) sends every rank the LR rows its tiles need; returns this

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from ..data.geometry import GeosGrid
-from ..data.scene import GRID_MAPPING, atomic_path
+from ..data.scene import GRID_MAPPING
 
 PACK_FILL = np.int16(-32768)
 PACK_MAX = 32767
@@ -186,10 +186,6 @@ def remove_stale(final: Path) -> None:
     """Temporary files a killed earlier attempt at this output left behind."""
     for p in final.parent.glob(f".{final.name}.*part"):
         p.unlink(missing_ok=True)
-
-
-def temp_output(final: Path) -> Path:
-    return atomic_path(final)
 
 
 def publish(tmp: Path, final: Path) -> None:
