@@ -44,6 +44,9 @@ class DegradationConfig:
     noise_std: tuple[float, float] = (0.0, 0.01)          # in normalised units ([-1, 1] range)
     quantisation_levels: int = 0                          # 0 = off; e.g. 1024 for 10-bit counts
     jpeg_quality: int = 0                                 # 0 = off; 1..100 JPEG-like 8x8 DCT quantisation
+    # share of samples conditioned on a partly restored image x0 + a (bicubic(LR) - x0), a ~ U(0, 1):
+    # what Stage 2 meets behind Stage 1 in the cascade (a condition that already has some detail)
+    cascade_condition_prob: float = 0.0
     seed: int = 0
 
     def validate(self, where):
@@ -53,6 +56,7 @@ class DegradationConfig:
         require(self.quantisation_levels == 0 or self.quantisation_levels >= 2, where,
                 "quantisation_levels must be 0 (off) or >= 2")
         require(0 <= self.jpeg_quality <= 100, where, "jpeg_quality must be 0 (off) or 1..100")
+        require(0 <= self.cascade_condition_prob <= 1, where, "cascade_condition_prob must be in [0, 1]")
 
 
 @dataclass
@@ -149,6 +153,51 @@ class InferConfig:
         require(self.batch_size >= 1, where, "batch_size must be >= 1")
         require(self.chunk >= 16, where, "chunk must be >= 16")
         require(0 <= self.complevel <= 9, where, "complevel must be 0..9")
+
+
+@dataclass
+class FSSConfig:
+    """Cloud-mask events for the fractions skill score, in physical units per quantity."""
+    windows: list[int] = field(default_factory=lambda: [1, 5, 17])  # neighbourhood sides, HR pixels (odd)
+    table_window: int = 5
+    brightness_temperature_below: list[float] = field(default_factory=lambda: [270.0, 250.0, 230.0])  # K: cold tops
+    reflectance_above: list[float] = field(default_factory=lambda: [30.0, 50.0])  # %: bright cloud
+
+    def validate(self, where):
+        require(all(w >= 1 and w % 2 == 1 for w in self.windows), where, "windows must be odd and >= 1")
+        require(self.table_window in self.windows, where, "table_window must be one of windows")
+
+
+@dataclass
+class EvaluateConfig:
+    """``configs/evaluate.yaml``: the comparison protocol."""
+    pair: str = "seviri_viirs"
+    methods: list[str] = field(default_factory=lambda: ["bicubic", "regression", "stage1", "stage2", "cascade"])
+    stage1_checkpoint: str = "runs/stage1/export/model.pt"
+    stage2_checkpoint: str = "runs/stage2/export/model.pt"
+    regression_checkpoint: str = "runs/regression/export/model.pt"
+    pairs: str = "runs/pairs/seviri_viirs/val"  # held-out shards (protocol 1)
+    max_pairs: int = 0  # 0: all held-out pairs
+    batch_size: int = 8
+    seed: int = 0  # diffusion noise and the self-supervised degradation
+    data_range: float = 2.0  # PSNR/SSIM range in normalised units ([-1, 1])
+    spectrum_tile: int = 128  # HR tile side for Welch-averaged spectra (and LPIPS tiles)
+    fss: FSSConfig = field(default_factory=FSSConfig)
+    lpips: bool = True
+    weights_dir: str = ""  # "" -> $CLOUDSR_WEIGHTS or $TORCH_HOME/hub/checkpoints
+    # scene protocol (--hr): tiles, and rows streamed per band (a multiple of spectrum_tile)
+    tile_lr: int = 64
+    overlap_lr: int = 8
+    band_rows: int = 256
+    cpu_threads: int = 0
+    out_dir: str = "runs/evaluate"
+
+    def validate(self, where):
+        known = {"bicubic", "regression", "stage1", "stage2", "cascade"}
+        require(set(self.methods) <= known and self.methods, where, f"methods must be among {sorted(known)}")
+        require(self.band_rows % self.spectrum_tile == 0, where, "band_rows must be a multiple of spectrum_tile")
+        require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
+        require(self.spectrum_tile >= 16 and self.batch_size >= 1, where, "spectrum_tile >= 16, batch_size >= 1")
 
 
 @dataclass

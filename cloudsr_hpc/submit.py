@@ -140,7 +140,7 @@ def cmd_train(args) -> int:
     from .orchestration.executors import load_job, load_profile, sbatch, sbatch_args, setup_env
     from .schema import StageConfig
     stage = args.stage
-    config = args.config or f"stage{'1' if stage == 'regression' else stage}.yaml"
+    config = args.config or {"1": "stage1.yaml", "2": "stage2.yaml", "regression": "regression.yaml"}[stage]
     sets = list(args.set) + (["stage=regression"] if stage == "regression" else [])
     load(StageConfig, config, sets)  # fail here, before anything is submitted
     executor = _executor(args)
@@ -281,8 +281,47 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Score bicubic, regression, Stage 1, Stage 2 and the cascade; write the table and plots."""
+    from .evaluate import run
+    from .schema import EvaluateConfig
+    from .training.checkpoint import load_model
+    sets = list(args.set) + [f"pair={args.pair}"] * bool(args.pair)
+    for item in args.checkpoints or []:
+        key, _, path = item.rpartition("=")
+        if not key:  # a bare path: its own metadata says which stage it is
+            if not Path(path).is_file():
+                raise ConfigError(f"--checkpoints: {path} does not exist")
+            stage = load_model(path)[1].get("stage")
+            key = {1: "stage1", 2: "stage2", "regression": "regression"}.get(stage)
+            if key is None:
+                raise ConfigError(f"--checkpoints: {path}: unknown stage {stage!r} in its metadata")
+        if key not in ("stage1", "stage2", "regression"):
+            raise ConfigError(f"--checkpoints: {item}: name must be stage1, stage2 or regression")
+        sets.append(f"{key}_checkpoint={Path(path).resolve()}")
+    if args.pairs:
+        sets.append(f"pairs={Path(args.pairs).resolve()}")
+    if args.methods:
+        sets.append(f"methods=[{','.join(args.methods.split(','))}]")
+    cfg = load(EvaluateConfig, args.config, sets)
+    res = run(cfg, args.out or cfg.out_dir, args.hr, args.scale)
+    print(json.dumps(res["outputs"]))
+    return 0
+
+
+def cmd_weights(args) -> int:
+    """Stage weights for offline compute nodes (the LPIPS AlexNet backbone)."""
+    from .evaluation.perceptual import stage_backbone
+    manifest = stage_backbone(args.source, args.dir, args.allow_unofficial)
+    print(json.dumps(manifest))
+    return 0
+
+
+# the documented short CPU training (demo, README figures, tests): tiny UNets, DEMO_STEPS steps per
+# model, Stage 2 twice as many (it learns from fresh degradations every step)
 DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "diffusion.steps=2", "train.batch_size=8",
               "train.lr=5e-4", "train.val_every=1000"]
+DEMO_STEPS = 150
 
 
 def cmd_demo(args) -> int:
@@ -301,13 +340,14 @@ def cmd_demo(args) -> int:
         return 2
     from .evaluation.plots import pairs_quicklook
     pairs_quicklook(sorted((shards / "train").glob("pairs-*.h5"))[0], root / "quicklook_pairs.png")
-    steps = [f"train.steps={args.steps}", f"train.ckpt_every={args.steps}", f"data.pair={args.pair}"]
     for name, config, extra in (("stage1", "stage1.yaml", ["init_from=null"]),
                                 ("stage2", "stage2.yaml", [f"init_from={runs / 'stage1' / 'export' / 'model.pt'}"]),
-                                ("regression", "stage1.yaml", ["stage=regression", "init_from=null"])):
+                                ("regression", "regression.yaml", [])):
+        n = args.steps * (2 if name == "stage2" else 1)
+        steps = [f"train.steps={n}", f"train.ckpt_every={n}", f"data.pair={args.pair}"]
         if (runs / name / "export" / "model.pt").exists():
             continue
-        log.info("demo: training %s (%d CPU steps)", name, args.steps)
+        log.info("demo: training %s (%d CPU steps)", name, n)
         cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config)),
                "--set", f"data.shards={shards}", "--set", f"train.out_dir={runs / name}"]
         cmd += [a for kv in DEMO_MODEL + steps + extra for a in ("--set", kv)]
@@ -323,17 +363,13 @@ def cmd_demo(args) -> int:
                "--set", "overlap_lr=16", "--set", "chunk=256"])
     if rc:
         return rc
-    from .data.datasets import PairDataset
-    from .evaluation.heldout import heldout_scores, write_table
-    from .models.cascade import Cascade, Stage
-    stages = {k: Stage.load(v) for k, v in ck.items()}
-    scores = heldout_scores(PairDataset(shards / "val"), {
-        "Stage 1": Cascade([stages["stage1"]]), "cascade (Stage 1 -> Stage 2)": Cascade([stages["stage1"], stages["stage2"]]),
-        "regression UNet": Cascade([stages["regression"]])})
-    table = write_table(scores, f"Held-out {args.pair} pairs after {args.steps} CPU steps per model", root / "metrics.md")
-    print(table.read_text())
+    from .evaluate import run as evaluate
+    from .schema import EvaluateConfig
+    cfg = load(EvaluateConfig, "evaluate.yaml", [f"pair={args.pair}", f"pairs={shards / 'val'}", f"seed={args.seed}",
+                                                  *(f"{k}_checkpoint={v}" for k, v in ck.items())])
+    table = Path(evaluate(cfg, root / "evaluation")["outputs"]["markdown"])
     print(json.dumps({"archive": str(archive), "shards": str(shards), "models": {k: str(v) for k, v in ck.items()},
-                      "outputs": str(root / "campaigns" / "demo" / "output"), "metrics": str(table),
+                      "outputs": str(root / "campaigns" / "demo" / "output"), "evaluation": str(table.parent),
                       "quicklook_pairs": str(root / "quicklook_pairs.png")}))
     return 0
 
@@ -450,12 +486,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--root", default="runs/campaigns")
 
+    sp = add("evaluate", cmd_evaluate, "score the cascade against bicubic, regression and each stage: "
+                                       "paper-style table (Markdown/CSV/JSON) and plots")
+    with_config(sp, "evaluate.yaml")
+    sp.add_argument("--pair", help="sensor pair (default: the config's)")
+    sp.add_argument("--checkpoints", nargs="+", metavar="[NAME=]PATH",
+                    help="exported models; NAME stage1|stage2|regression, else read from each file's metadata")
+    sp.add_argument("--pairs", help="held-out pair shards (default: the config's pairs)")
+    sp.add_argument("--hr", help="an HR scene in canonical NetCDF: self-supervised protocol (degrade, SR, compare)")
+    sp.add_argument("--scale", type=int, help="with --hr: the expected scale (checked against the models)")
+    sp.add_argument("--methods", help="comma-separated subset of bicubic,regression,stage1,stage2,cascade")
+    sp.add_argument("--out", help="output directory (default: out_dir of the config)")
+
+    sp = add("weights", cmd_weights, "stage weights for offline use: weights stage --from FILE")
+    sp.add_argument("action", choices=["stage"])
+    sp.add_argument("--from", dest="source", required=True, help="torchvision alexnet-owt-7be5be79.pth")
+    sp.add_argument("--dir", help="weights directory (default: $CLOUDSR_WEIGHTS, else $TORCH_HOME/hub/checkpoints)")
+    sp.add_argument("--allow-unofficial", action="store_true",
+                    help="accept a backbone whose checksum is not torchvision's (its LPIPS is labelled unofficial)")
+
     sp = add("demo", cmd_demo, "embedded default end to end, no cluster: synthetic archive -> shards -> "
                                "tiny cascade -> local campaign -> quicklooks + metrics")
     sp.add_argument("--out", default="demo", help="output root (default: ./demo)")
     sp.add_argument("--pair", default="seviri_viirs")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--steps", type=int, default=150, help="CPU training steps per model")
+    sp.add_argument("--steps", type=int, default=DEMO_STEPS, help="CPU training steps per model (Stage 2: twice)")
     return p
 
 

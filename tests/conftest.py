@@ -94,3 +94,22 @@ def make_export(out_dir, stage=1, base=8, mult=(1, 2), steps=1, seed=0, out_std=
             "hr_channels": list(hr_channels)[:channels], "norm_hr": PAIR_NORM["hr"], "norm_lr": PAIR_NORM["lr"],
             "config": to_dict(cfg), "step": 0}
     return export_model(Path(out_dir), net.state_dict(), meta)
+
+
+@pytest.fixture(scope="session")
+def trained_models(sv_archive, tmp_path_factory):
+    """Stage 1, Stage 2 and the regression baseline after the documented short CPU training (the
+    demo's recipe: ``submit.DEMO_MODEL``, Stage 2 twice the steps), on the ``sv_archive`` shards."""
+    from cloudsr_hpc.submit import DEMO_MODEL, DEMO_STEPS
+    root, _ = sv_archive
+    shards, out = root / "pairs", tmp_path_factory.mktemp("trained")
+    runs = {}
+    for name, config, extra in (("stage1", "configs/stage1.yaml", ["init_from=null"]),
+                                ("stage2", "configs/stage2.yaml", [f"init_from={out / 'stage1' / 'export' / 'model.pt'}"]),
+                                ("regression", "configs/regression.yaml", [])):
+        steps = DEMO_STEPS * (2 if name == "stage2" else 1)
+        p = run_train(config, shards, out / name, *DEMO_MODEL, f"train.steps={steps}", f"train.ckpt_every={steps}",
+                      f"train.val_every={steps}", *extra)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs[name] = out / name / "export" / "model.pt"
+    return {"shards": shards, **runs}

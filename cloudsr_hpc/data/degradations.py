@@ -28,16 +28,25 @@ def gaussian_kernel1d(sigma: float, device=None) -> torch.Tensor:
     return k / k.sum()
 
 
+def correlate1d(x: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """Valid 1-D correlation of every line along ``dim`` with kernel ``k`` (length K): the output is
+    K - 1 shorter.  A sum of K shifted slices, so memory stays two images wide whatever the size
+    (a grouped conv2d unfolds K copies of a full-disk band on CPUs)."""
+    n = x.shape[dim] - k.numel() + 1
+    out = x.narrow(dim, 0, n) * k[0]
+    for i in range(1, k.numel()):
+        out = out.add_(x.narrow(dim, i, n), alpha=float(k[i]))
+    return out
+
+
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a (N, C, H, W) tensor with reflect padding."""
     if sigma <= 0:
         return x
-    k = gaussian_kernel1d(sigma, x.device)
-    c = x.shape[1]
+    k = gaussian_kernel1d(sigma, x.device).to(x.dtype)
     r = (k.numel() - 1) // 2
     x = F.pad(x, (r, r, r, r), mode="reflect" if min(x.shape[-2:]) > r else "replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return correlate1d(correlate1d(x, k, -1), k, -2)
 
 
 def shift(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
@@ -97,8 +106,11 @@ class Degradation:
                 "noise": c.noise_std[0] + u[3] * (c.noise_std[1] - c.noise_std[0])}
 
     def __call__(self, hr: torch.Tensor, mask: torch.Tensor, g: torch.Generator,
-                 params: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(C, H, W) normalised HR + mask -> (C, H/s, W/s) LR + mask + the drawn parameters."""
+                 params: dict | None = None, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(C, H, W) normalised HR + mask -> (C, H/s, W/s) LR + mask + the drawn parameters.
+
+        ``noise`` (C, H/s, W/s), standard normal, replaces the generator's draw: a scene degraded
+        band by band passes position-keyed noise so the bands join into one LR image."""
         p = params or self.draw(g)
         s = self.scale
         x, m = hr[None], mask[None].expand_as(hr[None])
@@ -109,7 +121,8 @@ class Degradation:
             return F.avg_pool2d(t, s)
 
         lr, lr_mask = masked(linear, x, m)
-        lr = lr + torch.randn(lr.shape, generator=g, dtype=lr.dtype) * p["noise"]
+        eps = torch.randn(lr.shape, generator=g, dtype=lr.dtype) if noise is None else noise[None].to(lr)
+        lr = lr + eps * p["noise"]
         if self.cfg.quantisation_levels:
             q = (self.cfg.quantisation_levels - 1) / 2.0
             lr = torch.round((lr.clamp(-1, 1) + 1) * q) / q - 1

@@ -1,42 +1,224 @@
-"""Image-quality measures shared by training validation and evaluation (masked, per batch)."""
+"""Image-quality measures, per channel and NaN-aware (a validity mask), as additive sums.
+
+Every measure is kept as sums over pixels (or tiles) so patches, batches and the row bands of a
+full-disk scene combine exactly: PSNR from the total squared error, SSIM as the mean of its map,
+the gradient ratio as a ratio of summed Sobel magnitudes, the spectrum ratio from summed tile
+spectra (Welch), the FSS from summed squared fraction differences.  ``rows=(a, b)`` restricts a
+sum to the rows a block owns when it carries halo rows for the neighbourhood measures.
+
+Images are (N, C, H, W) tensors in normalised units; masks (N, 1, H, W) with 1 = valid.
+"""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+from ..data.degradations import correlate1d
+
+
+
+def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """1 where the whole (2r+1)^2 window is valid, on the valid-convolution grid (H-2r, W-2r)."""
+    k = 2 * radius + 1
+    return -F.max_pool2d(-mask, k, stride=1) if radius else mask
+
+
+def _crop_rows(x: torch.Tensor, rows: tuple[int, int] | None, offset: int = 0) -> torch.Tensor:
+    """Rows [a, b) of an image whose first row is image row ``offset`` (valid-convolution maps)."""
+    if rows is None:
+        return x
+    a, b = rows
+    return x[..., max(a - offset, 0):max(b - offset, 0), :]
+
+
+def _channel_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.double().sum(dim=(0, 2, 3))
+
+
+def _valid_only(mask: torch.Tensor, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Invalid pixels (NaN, fill values) set to 0 so they cannot leak through 0-weights (NaN * 0 = NaN)."""
+    return tuple(torch.where(mask > 0, x, torch.zeros_like(x)) for x in images)
+
+
+# --------------------------------------------------------------------------- PSNR
+def squared_error_sums(pred, target, mask, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of squared error, valid pixel count) per channel."""
+    pred, target = _valid_only(mask, pred, target)
+    w = _crop_rows(mask.expand_as(pred), rows)
+    err = _crop_rows((pred - target) ** 2, rows)
+    return _channel_sum(err * w), _channel_sum(w)
+
+
+def psnr_from(sq: torch.Tensor | float, count: torch.Tensor | float, data_range: float = 2.0):
+    """10 log10(range^2 / MSE); inf when the error is exactly zero, NaN without valid pixels."""
+    sq, count = torch.as_tensor(sq, dtype=torch.float64), torch.as_tensor(count, dtype=torch.float64)
+    mse = sq / count.clamp_min(1)
+    out = 10 * torch.log10(data_range ** 2 / mse)  # mse == 0 -> inf
+    return torch.where(count > 0, out, torch.full_like(out, math.nan))
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 2.0) -> float:
-    """Masked PSNR in dB over ``data_range`` (2 for data normalised to [-1, 1]); inf when identical."""
-    w = mask.expand_as(pred)
-    mse = float(((pred - target) ** 2 * w).sum() / w.sum().clamp_min(1))
-    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+    """Masked PSNR over all channels in dB over ``data_range`` (2 for [-1, 1]); inf when identical."""
+    sq, n = squared_error_sums(pred, target, mask)
+    return float(psnr_from(sq.sum(), n.sum(), data_range))
 
 
+# --------------------------------------------------------------------------- SSIM
+def _gauss_window(sigma: float, radius: int) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (g / g.sum()).float()
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5,
+             radius: int = 5) -> torch.Tensor:
+    """Wang et al. (2004) SSIM with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
+    on the valid-convolution grid (H - 2r, W - 2r)."""
+    g = _gauss_window(sigma, radius).to(pred)
+
+    def filt(x):
+        return correlate1d(correlate1d(x, g, -1), g, -2)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = filt(pred), filt(target)
+    vx, vy = filt(pred * pred) - mx ** 2, filt(target * target) - my ** 2
+    cov = filt(pred * target) - mx * my
+    return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+
+
+def ssim_sums(pred, target, mask, rows=None, data_range: float = 2.0, radius: int = 5):
+    """(sum of SSIM over windows that are wholly valid, their count) per channel."""
+    s = ssim_map(*_valid_only(mask, pred, target), data_range, radius=radius)
+    w = _crop_rows(_erode(mask, radius).expand_as(s), rows, radius)
+    return _channel_sum(_crop_rows(s, rows, radius) * w), _channel_sum(w)
+
+
+# --------------------------------------------------------------------------- gradient ratio
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|grad| of each channel of (N, C, H, W) by the 3x3 Sobel operator (valid region, H-2 x W-2)."""
-    c = x.shape[1]
-    kx = _SOBEL.to(x).view(1, 1, 3, 3).expand(c, 1, 3, 3)
-    gx = F.conv2d(x, kx, groups=c)
-    gy = F.conv2d(x, kx.transpose(2, 3), groups=c)
+    """|grad| of each channel of (N, C, H, W) by the 3x3 Sobel operator (valid region, H-2 x W-2),
+    applied separably: a central difference along one axis, [1, 2, 1] smoothing along the other."""
+    d = torch.tensor([-1.0, 0.0, 1.0], dtype=x.dtype, device=x.device)
+    s = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    gx = correlate1d(correlate1d(x, d, -1), s, -2)
+    gy = correlate1d(correlate1d(x, s, -1), d, -2)
     return torch.hypot(gx, gy)
+
+
+def gradient_sums(pred, target, mask, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum |grad SR|, sum |grad HR|) per channel over pixels whose 3x3 stencil is valid."""
+    m = _crop_rows(_erode(mask, 1).expand(-1, pred.shape[1], -1, -1), rows, 1)
+    gp, gt = (_crop_rows(sobel_magnitude(x), rows, 1) for x in _valid_only(mask, pred, target))
+    return _channel_sum(gp * m), _channel_sum(gt * m)
 
 
 def gradient_ratio(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
     """The paper's gradient-preservation ratio: mean Sobel |grad| of SR / of HR (1 = as sharp as HR)."""
-    m = (-F.max_pool2d(-mask, 3, stride=1)).expand(-1, pred.shape[1], -1, -1)  # 3x3 fully valid
-    gp, gt = sobel_magnitude(pred), sobel_magnitude(target)
-    den = float((gt * m).sum())
-    return float("nan") if den == 0 else float((gp * m).sum()) / den
+    gp, gt = gradient_sums(pred, target, mask)
+    return float("nan") if float(gt.sum()) == 0 else float(gp.sum() / gt.sum())
 
 
+# --------------------------------------------------------------------------- power spectra
+def radial_bins(n: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Integer-wavenumber bin of each FFT coefficient of an n x n tile, and the bins' k (cycles/px)."""
+    f = torch.fft.fftfreq(n, dtype=torch.float64)
+    k = torch.hypot(f[:, None], f[None, :])
+    bins = torch.round(k * n).long().clamp_max(n // 2 + 1)  # corners beyond Nyquist -> a discarded bin
+    return bins, np.arange(1, n // 2 + 1) / n
+
+
+def tile_spectra(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Radially averaged power spectra (N, C, n/2) of square tiles (N, C, n, n), Hann-windowed
+    after removing each tile's mean; invalid pixels take the tile's valid mean (callers pass only
+    tiles that are almost wholly valid)."""
+    n = x.shape[-1]
+    m = valid.expand_as(x).double()
+    x = _valid_only(valid, x)[0].double()
+    mean = (x * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
+    x = torch.where(m > 0, x, mean) - mean
+    h = torch.hann_window(n, periodic=False, dtype=torch.float64)
+    win = torch.outer(h, h)
+    p = torch.fft.fft2(x * win).abs() ** 2 / (win ** 2).sum()
+    bins, _ = radial_bins(n)
+    nb = n // 2
+    flat = p.flatten(-2)
+    sums = torch.zeros(*flat.shape[:-1], nb + 2, dtype=torch.float64).index_add_(-1, bins.flatten(), flat)
+    counts = torch.bincount(bins.flatten(), minlength=nb + 2).double()
+    return (sums / counts.clamp_min(1))[..., 1:nb + 1]
+
+
+def cut_tiles(tile: int, *images: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """Non-overlapping ``tile`` squares of (N, C, H, W) images on a grid from (0, 0), as
+    (N * tiles, C, tile, tile); None when not one tile fits."""
+    h, w = images[0].shape[-2:]
+    rows, cols = h // tile, w // tile
+    if rows == 0 or cols == 0:
+        return None
+
+    def cut(x):
+        x = x[..., :rows * tile, :cols * tile]
+        return x.unfold(2, tile, tile).unfold(3, tile, tile).permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], tile, tile)
+
+    return tuple(cut(x) for x in images)
+
+
+def spectrum_tiles(pred, target, mask, tile: int, min_valid: float = 0.95):
+    """(sum of SR spectra, sum of HR spectra, tiles used) per channel over the ``tile`` squares
+    (:func:`cut_tiles`) that are at least ``min_valid`` valid; None when not one tile fits."""
+    tiles = cut_tiles(tile, pred, target, mask)
+    if tiles is None:
+        return None
+    tp, tt, tm = tiles
+    keep = tm.mean(dim=(1, 2, 3)) >= min_valid
+    if not bool(keep.any()):
+        z = torch.zeros(pred.shape[1], tile // 2, dtype=torch.float64)
+        return z, z.clone(), 0
+    tp, tt, tm = tp[keep], tt[keep], tm[keep]
+    return tile_spectra(tp, tm).sum(0), tile_spectra(tt, tm).sum(0), int(keep.sum())
+
+
+def high_band(k: np.ndarray, scale: int) -> np.ndarray:
+    """Wavenumbers beyond the LR Nyquist limit (0.5 / scale cycles per HR pixel): the scales an SR
+    method has to create, since no LR pixel carries them."""
+    return k > 0.5 / scale
+
+
+# --------------------------------------------------------------------------- fractions skill score
+def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over the centred ``window`` x ``window`` box of each pixel (zero outside), same grid;
+    by cumulative sums (float64), so the cost does not grow with the window."""
+    r = window // 2
+    c = F.pad(x.double(), (r + 1, r, r + 1, r)).cumsum(-1).cumsum(-2)
+    return (c[..., window:, window:] - c[..., :-window, window:] - c[..., window:, :-window]
+            + c[..., :-window, :-window])
+
+
+def fractions(binary: torch.Tensor, mask: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fraction of valid pixels in the ``window`` x ``window`` neighbourhood that are in the event
+    (Roberts & Lean 2008), and whether the neighbourhood has any valid pixel; same grid as input."""
+    if window == 1:
+        return (binary * mask).double(), mask.expand_as(binary).double()
+    hits = box_sum(binary * mask, window)
+    valid = box_sum(mask, window)
+    return hits / valid.clamp_min(1), (valid > 0.5).double().expand_as(hits)
+
+
+def fss_sums(pred_event: torch.Tensor, target_event: torch.Tensor, mask: torch.Tensor, window: int, rows=None):
+    """(sum (Pf - Po)^2, sum Pf^2 + Po^2) per channel; FSS = 1 - first / second (1 = perfect)."""
+    pred_event, target_event = _valid_only(mask, pred_event, target_event)
+    pf, v = fractions(pred_event, mask, window)
+    po, _ = fractions(target_event, mask, window)
+    w = _crop_rows(v * mask.double(), rows)
+    pf, po = _crop_rows(pf, rows), _crop_rows(po, rows)
+    return _channel_sum((pf - po) ** 2 * w), _channel_sum((pf ** 2 + po ** 2) * w)
+
+
+# --------------------------------------------------------------------------- tile seams
 def seam_ratio(img, edge_cols) -> float:
     """Mean |d/dx| across the given column boundaries (between column c-1 and c) over the mean
     |d/dx| elsewhere, NaN-aware: 1 means tile edges are invisible, > 1 a seam."""
-    import numpy as np
     dx = np.abs(np.diff(np.asarray(img, np.float64), axis=1))
     at = np.zeros(dx.shape[1], bool)
     at[[c - 1 for c in edge_cols]] = True

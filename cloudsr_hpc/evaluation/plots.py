@@ -43,7 +43,7 @@ def pairs_quicklook(shard: str | Path, out_png: str | Path, n: int = 4) -> Path:
     return out_png
 
 
-def _busiest_window(img: np.ndarray, size: int) -> tuple[int, int]:
+def busiest_window(img: np.ndarray, size: int) -> tuple[int, int]:
     """Top-left of the ``size`` window (on a half-window grid) with the most valid structure."""
     h, w = img.shape
     best, at = -1.0, (0, 0)
@@ -61,7 +61,7 @@ def quicklook_views(lr: np.ndarray, max_side: int = 640, zoom_lr: int = 48) -> d
     h, w = lr.shape[1:]
     k = max(1, -(-max(h, w) // max_side))
     zoom_lr = min(zoom_lr, h, w)
-    r0, c0 = _busiest_window(lr[-1, ::4, ::4], max(1, zoom_lr // 4))
+    r0, c0 = busiest_window(lr[-1, ::4, ::4], max(1, zoom_lr // 4))
     r0, c0 = r0 * 4, c0 * 4
     return {"overview": lr[:, ::k, ::k].copy(), "zoom": lr[:, r0:r0 + zoom_lr, c0:c0 + zoom_lr].copy(),
             "k": k, "r0": r0, "c0": c0, "zoom_lr": zoom_lr}

@@ -33,7 +33,7 @@ from ..schema import InferConfig
 from ..training.checkpoint import sha256
 from .mpi import Ranks
 from .runner import TileRunner, pick_device
-from .tiling import Accumulator, Blend, Tile, blend_geometry, blend_window, interior_edges, plan_tiles
+from .tiling import Blend, Tile, blend_geometry, plan_tiles, stitch_rows
 from ..data.scene import atomic_path
 from .writer import BandSink, OutputSpec, create_output, merge_part, part_path, publish, remove_stale
 
@@ -341,36 +341,23 @@ class ScenePipeline:
 
     def _compute_band(self, lr, row_offset: int, valid, origin: tuple[int, int], tiles: list[Tile], spec: OutputSpec, target: Path,
                       a: int, b: int, part: bool) -> None:
-        s, (h, w) = self.scale, valid.shape
-        chunk = spec.chunks[0]
-        th = max((t.rows for t in tiles), default=0) * s
-        acc = Accumulator(len(spec.channels), min(b - a, th + chunk), w * s, row0=a)
         lo, hi = self.cascade.output_norm()
+        tile_rows = max((t.rows for t in tiles), default=0)
         sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads)
-        windows: dict = {}
-        done = a
-
-        def flush(limit: int) -> int:
-            nonlocal done
-            while done < b and (done + chunk <= limit or limit >= b):
-                n = min(chunk, b - done)
-                sink.write(done, denormalise(acc.pop(n), lo, hi))
-                done += n
-            return done
-
         from tqdm import tqdm
         bar = tqdm(total=len(tiles), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
                    disable=not (self.progress and self.ranks.rank == 0))
-        try:
-            for tile, pred, hr_valid in self.runner.run(lr, valid, tiles, origin, row_offset):
-                flush(min(tile.row0 * s, b))
-                edges = interior_edges(tile, h, w)
-                if edges not in windows:
-                    windows[edges] = blend_window(tile.rows * s, tile.cols * s, self.blend.halo, self.blend.ramp, edges)
-                assert min((tile.row0 + tile.rows) * s, b) <= acc.row0 + acc.weight.shape[0], "window too small"
-                acc.add(pred, hr_valid, windows[edges], tile.row0 * s, tile.col0 * s)
+
+        def counted(results):
+            for r in results:
                 bar.update()
-            flush(b)
+                yield r
+
+        try:
+            results = counted(self.runner.run(lr, valid, tiles, origin, row_offset))
+            for row, block in stitch_rows(results, valid.shape, self.scale, self.blend, len(spec.channels),
+                                          a, b, spec.chunks[0], tile_rows):
+                sink.write(row, denormalise(block, lo, hi))
         finally:
             bar.close()
             sink.close()

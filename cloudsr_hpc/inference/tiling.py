@@ -12,6 +12,7 @@ pixels carry zero weight, so one NaN never spreads beyond itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -124,3 +125,31 @@ class Accumulator:
 def interior_edges(t: Tile, scene_rows: int, scene_cols: int) -> tuple[bool, bool, bool, bool]:
     """Which edges of a tile lie inside the scene (and so are covered by a neighbour)."""
     return (t.row0 > 0, t.row0 + t.rows < scene_rows, t.col0 > 0, t.col0 + t.cols < scene_cols)
+
+
+def stitch_rows(results: Iterable[tuple[Tile, np.ndarray, np.ndarray]], scene_lr: tuple[int, int], scale: int,
+                blend: Blend, channels: int, a: int, b: int, chunk: int, tile_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Blend a stream of tile predictions (tiles in row order) into HR rows [a, b) and yield them
+    as (first row, (C, n, W) block) of ``chunk`` rows as soon as no later tile can touch them: a
+    rolling window one tile (``tile_rows`` LR rows, the plan's tallest) plus one chunk high is
+    all that is held, whatever the scene size."""
+    h, w = scene_lr
+    acc = Accumulator(channels, min(b - a, tile_rows * scale + chunk), w * scale, row0=a)
+    windows: dict = {}
+    done = a
+
+    def ready(limit: int) -> Iterator[tuple[int, np.ndarray]]:
+        nonlocal done
+        while done < b and (done + chunk <= limit or limit >= b):
+            n = min(chunk, b - done)
+            yield done, acc.pop(n)
+            done += n
+
+    for tile, pred, hr_valid in results:
+        yield from ready(min(tile.row0 * scale, b))
+        edges = interior_edges(tile, h, w)
+        if edges not in windows:
+            windows[edges] = blend_window(tile.rows * scale, tile.cols * scale, blend.halo, blend.ramp, edges)
+        assert min((tile.row0 + tile.rows) * scale, b) <= acc.row0 + acc.weight.shape[0], "window too small"
+        acc.add(pred, hr_valid, windows[edges], tile.row0 * scale, tile.col0 * scale)
+    yield from ready(b)

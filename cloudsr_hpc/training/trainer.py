@@ -148,6 +148,11 @@ class Trainer:
         x0 = batch["hr"]
         n = x0.shape[0]
         dtype = next(self.engine.module.parameters()).dtype
+        p = self.cfg.data.degradation.cascade_condition_prob if self.cfg.stage == 2 else 0.0
+        if p > 0:  # some conditions partly restored, as Stage 1's output is in the cascade
+            u = torch.rand(2, n, generator=gen).to(x0.device)
+            a = torch.where(u[0] < p, u[1], torch.ones_like(u[1])).view(n, 1, 1, 1)
+            y = (x0 + a * (y - x0)) * m
         if self.cfg.stage == "regression":
             t = torch.zeros(n, dtype=torch.long, device=x0.device)
             pred = self.engine(y.to(dtype), y.to(dtype), t, m.to(dtype))

@@ -1,0 +1,287 @@
+"""The comparison protocol: every method on the same inputs, scored by :class:`ScoreSums`.
+
+Methods: bicubic, the regression UNet, Stage 1 only, Stage 2 only and the cascade.  Each takes
+its input in the normalisation it was trained with (:meth:`Cascade.input_norm`) and is scored
+in the HR normalisation, so a lone Stage 2 (trained on degraded HR-sensor values) and Stage 1
+(trained on LR-sensor values) are each fed what they expect.
+
+Two protocols:
+  * held-out pairs (:func:`evaluate_pairs`): real (here synthetic) LR/HR pairs never trained on;
+  * a scene (:func:`evaluate_scene`): any HR scene in canonical NetCDF is degraded with Stage 2's
+    pipeline (position-keyed noise, fixed parameters drawn from the seed), super-resolved tile by
+    tile and compared, streaming row bands: memory is the LR scene plus a few bands, whatever the
+    HR size (a 3712 x 3712 scene needs no scene-sized array).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..config import build
+from ..data.degradations import Degradation
+from ..errors import ConfigError, InputError
+from ..models.cascade import Cascade, Stage, upsample_condition
+from ..models.diffusion import GlobalNoise
+from ..inference.pipeline import denormalise, peak_rss_mb
+from ..schema import DegradationConfig, EvaluateConfig
+from .scores import ScoreSums
+
+log = logging.getLogger(__name__)
+
+LABELS = {"bicubic": "Bicubic", "regression": "Regression UNet", "stage1": "Stage 1 only (cross-sensor)",
+          "stage2": "Stage 2 only (structure)", "cascade": "Cascade: Stage 1 -> Stage 2 (ours)"}
+
+
+class Bicubic:
+    """Bicubic interpolation with the cascade's interface (no stages, nothing learned)."""
+    stages = ()
+
+    def __init__(self, scale: int, norm, lr_channels: list[str], hr_channels: list[str]):
+        self.scale, self.norm, self.lr_channels, self.hr_channels = scale, norm, lr_channels, hr_channels
+
+    def input_norm(self):
+        return self.norm
+
+    output_norm = input_norm
+
+    def receptive_margin_hr(self) -> int:
+        return 2 * self.scale
+
+    def describe(self) -> str:
+        return "bicubic"
+
+    def __call__(self, lr, lr_mask, origins):
+        return upsample_condition(lr, lr_mask, self.scale)
+
+
+def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade], dict]:
+    """{method: cascade-like} for ``cfg.methods`` (bicubic excluded) and the reference stage meta."""
+    needs = {"regression": ["regression"], "stage1": ["stage1"], "stage2": ["stage2"], "cascade": ["stage1", "stage2"]}
+    stages: dict[str, Stage] = {}
+    for key in sorted({s for m in cfg.methods for s in needs.get(m, [])}):
+        path = Path(getattr(cfg, f"{key}_checkpoint"))
+        if not path.is_file():
+            raise ConfigError(f"evaluate.{key}_checkpoint: {path} does not exist (needed by methods {cfg.methods})")
+        stages[key] = Stage.load(path, device)
+    if not stages:
+        raise ConfigError("evaluate.methods: at least one learned method is needed (bicubic alone has no model metadata)")
+    methods = {m: Cascade([stages[s] for s in needs[m]], seed=cfg.seed) for m in cfg.methods if m != "bicubic"}
+    ref = next(iter(stages.values())).meta
+    if len({(tuple(c.hr_channels), c.scale) for c in methods.values()}) != 1:
+        raise InputError("evaluate: the checkpoints disagree on channels or scale")
+    return methods, ref
+
+
+def renorm(x, src, dst):
+    """Normalised values from one (lo, hi) normalisation to another, per channel (axis -3)."""
+    lo_s, hi_s = (np.asarray(v, np.float64) for v in src)
+    lo_d, hi_d = (np.asarray(v, np.float64) for v in dst)
+    a = (hi_s - lo_s) / (hi_d - lo_d)
+    b = (lo_s + (hi_s - lo_s) / 2 - (lo_d + (hi_d - lo_d) / 2)) * 2 / (hi_d - lo_d)
+    shape = (-1, 1, 1)
+    if isinstance(x, torch.Tensor):
+        return x * torch.as_tensor(a, dtype=x.dtype).view(shape) + torch.as_tensor(b, dtype=x.dtype).view(shape)
+    x = x * a.astype(np.float32).reshape(shape)  # float32 throughout: an LR disk is 275 MB per copy
+    x += b.astype(np.float32).reshape(shape)
+    return x
+
+
+@dataclass
+class Evaluation:
+    """Scores of each method, and what the plots need."""
+    protocol: str
+    channels: list[str]
+    scale: int
+    scores: dict[str, dict] = field(default_factory=dict)
+    spectra: dict[str, tuple] = field(default_factory=dict)  # method -> (k, SR PSD, HR PSD)
+    example: dict[str, np.ndarray] = field(default_factory=dict)  # "lr", "hr", methods: physical (C, h, w)
+    units: list[str] = field(default_factory=list)
+    lpips_label: str | None = None
+    lpips_note: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _hr_quantities(registry, pair_name: str, channels: list[str]) -> tuple[list[str], list[str]]:
+    sensor = registry.sensor(registry.pair(pair_name).hr)
+    return [sensor.channel(c).quantity for c in channels], [sensor.channel(c).units for c in channels]
+
+
+def _finish(ev: Evaluation, sums: dict[str, ScoreSums]) -> Evaluation:
+    for name, s in sums.items():
+        ev.scores[name] = s.result()
+        ev.spectra[name] = s.spectra()
+    return ev
+
+
+def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None) -> Evaluation:
+    """Held-out pairs: each method against the HR truth, batch by batch."""
+    from ..data.datasets import PairDataset
+    val = PairDataset(cfg.pairs)
+    norm_lr, norm_hr = (val.lo_lr, val.hi_lr), (val.lo, val.hi)
+    chans = list(val.attrs["hr_channels"])
+    first = next(iter(methods.values()))
+    if first.hr_channels != chans or first.scale != val.scale:
+        raise InputError(f"{cfg.pairs}: pairs of {chans} x{val.scale}, the models give {first.hr_channels} x{first.scale}")
+    quantities, units = _hr_quantities(registry, val.attrs["pair"], chans)
+    all_methods = {"bicubic": Bicubic(val.scale, norm_hr, first.lr_channels, chans)} if "bicubic" in cfg.methods else {}
+    all_methods.update(methods)
+    sums = {m: ScoreSums(chans, quantities, norm_hr, val.scale, cfg, perceptual) for m in all_methods}
+    n = min(len(val), cfg.max_pairs) if cfg.max_pairs else len(val)
+    ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(n)]))  # the most structured pair
+    ev = Evaluation("held-out pairs", chans, val.scale, units=units, info={"pairs": n, "source": str(cfg.pairs)})
+    for start in range(0, n, cfg.batch_size):
+        idx = list(range(start, min(n, start + cfg.batch_size)))
+        b = {k: torch.stack([val[i][k] for i in idx]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
+        origins = [(i * 1000, 0) for i in idx]  # keys each pair's diffusion noise
+        for name, meth in all_methods.items():
+            x = renorm(b["lr"], norm_lr, meth.input_norm()) * b["lr_mask"]
+            pred, m = meth(x, b["lr_mask"], origins)
+            pred = renorm(pred, meth.output_norm(), norm_hr)
+            sums[name].add(pred, b["hr"], m * b["hr_mask"].amin(dim=1, keepdim=True))
+            if ex in idx:
+                ev.example[name] = denormalise(pred[idx.index(ex)].numpy(), *norm_hr)
+        if ex in idx:
+            j = idx.index(ex)
+            ev.example["lr"] = denormalise(b["lr"][j].numpy(), *norm_lr)
+            ev.example["hr"] = np.where(b["hr_mask"][j].numpy() > 0, denormalise(b["hr"][j].numpy(), *norm_hr), np.nan)
+        log.info("evaluated %d/%d pairs", idx[-1] + 1, n)
+    return _finish(ev, sums)
+
+
+# --------------------------------------------------------------------------- scene protocol
+def _read_rows(nc, channels: list[str], a: int, b: int, width: int, norm) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised HR rows [a, b) (C, b - a, width) with invalid pixels 0, and validity (b - a, width)."""
+    from ..inference.pipeline import normalise
+    vals = np.stack([np.ma.filled(nc[c][a:b, :width].astype(np.float32), np.nan) for c in channels])
+    return normalise(vals, *norm, out=vals)
+
+
+def degrade_scene(nc, channels, shape_hr, norm, dcfg: DegradationConfig, scale: int, seed: int, band: int):
+    """Stage 2's degradation of the whole HR scene, band by band: (normalised LR, LR validity, params).
+    Bands carry halo rows covering the PSF and shift, and the noise is keyed by LR position, so the
+    LR does not depend on the band size."""
+    h, w = shape_hr
+    deg = Degradation(dcfg, scale)
+    params = deg.draw(torch.Generator().manual_seed(seed))
+    reach = math.ceil(3 * params["sigma_lr"] * scale + abs(params["dy_lr"]) * scale) + 1
+    halo = -(-reach // (8 * scale)) * 8 * scale  # whole 8-LR-pixel blocks: JPEG blocks stay on the global grid
+    lr = np.zeros((len(channels), h // scale, w // scale), np.float32)
+    valid = np.zeros((h // scale, w // scale), bool)
+    noise = GlobalNoise(seed * 16 + 15)
+    for a in range(0, h, band):
+        b = min(h, a + band)
+        a0, b0 = max(0, a - halo), min(h, b + halo)
+        x, v = _read_rows(nc, channels, a0, b0, w, norm)
+        eps = noise.field(0, len(channels), a0 // scale, 0, (b0 - a0) // scale, w // scale)
+        r, n = (a - a0) // scale, (b - a) // scale
+        vm = torch.from_numpy(v[None].astype(np.float32))
+        for c in range(len(channels)):  # channel by channel: the band's temporaries stay small
+            out, m, _ = deg(torch.from_numpy(x[c:c + 1]), vm, None, params, eps[c:c + 1])
+            lr[c, a // scale:b // scale] = out[0, r:r + n].numpy()
+        valid[a // scale:b // scale] = m[0, r:r + n].numpy() > 0
+    return lr, valid, params
+
+
+def with_halo(blocks: Iterator[tuple[int, np.ndarray]], halo: int) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
+    """(first row, (C, n, W)) blocks in order -> (first row of the joined block, the block with up
+    to ``halo`` rows of its neighbours above and below, the rows it owns (a, b) within it)."""
+    prev, above = None, None
+    for row, blk in blocks:
+        if prev is not None:
+            yield _join(above, prev, blk[:, :halo])
+            above = prev[1][:, -halo:]
+        prev = (row, blk)
+    if prev is not None:
+        yield _join(above, prev, None)
+
+
+def _join(above, prev, below):
+    row, blk = prev
+    parts = [p for p in (above, blk, below) if p is not None]
+    top = 0 if above is None else above.shape[1]
+    return row - top, np.concatenate(parts, axis=1), (top, top + blk.shape[1])
+
+
+def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry, hr_path: str | Path,
+                   scale: int | None = None, perceptual=None) -> Evaluation:
+    """Self-supervised protocol on one HR scene in canonical NetCDF (see the module docstring)."""
+    import netCDF4
+    from ..inference.runner import TileRunner, pick_device
+    from ..inference.tiling import blend_geometry, plan_tiles, stitch_rows
+    from .plots import busiest_window
+    hr_path = Path(hr_path)
+    first = next(iter(methods.values()))
+    chans, s = first.hr_channels, first.scale
+    if scale is not None and scale != s:
+        raise InputError(f"--scale {scale}: the checkpoints super-resolve x{s}")
+    norm = tuple(ref_meta["norm_hr"])
+    # Stage 2's own training degradation when a Stage 2 is evaluated, else the default one
+    stage2 = next((st for m in methods.values() for st in m.stages if st.meta.get("stage") == 2), None)
+    dcfg = build(DegradationConfig, stage2.meta.get("config", {}).get("data", {}).get("degradation", {})
+                 if stage2 else {}, "degradation")
+    if cfg.band_rows % (8 * s):
+        raise ConfigError(f"evaluate.band_rows: {cfg.band_rows} must be a multiple of 8 x scale = {8 * s}")
+    if cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    device = pick_device()
+    try:
+        nc = netCDF4.Dataset(hr_path)
+    except OSError as e:
+        raise InputError(f"{hr_path}: not a readable NetCDF file ({e})") from None
+    with nc:
+        missing = [c for c in chans if c not in nc.variables]
+        if missing:
+            raise InputError(f"{hr_path}: channels {missing} missing (the models need {chans})")
+        shapes = {nc[c].shape for c in chans}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise InputError(f"{hr_path}: channels must be 2-D on one grid, got shapes {sorted(shapes)}")
+        h0, w0 = next(iter(shapes))
+        h, w = h0 // (8 * s) * 8 * s, w0 // (8 * s) * 8 * s  # whole LR pixels and JPEG blocks
+        if h == 0 or w == 0:
+            raise InputError(f"{hr_path}: {h0}x{w0} is smaller than one {8 * s}-pixel block")
+        quantities, units = _hr_quantities(registry, cfg.pair, chans)
+        lr, lr_valid, params = degrade_scene(nc, chans, (h, w), norm, dcfg, s, cfg.seed, cfg.band_rows)
+        log.info("degraded %dx%d HR -> LR with %s; peak RSS %d MB", h, w, params, peak_rss_mb())
+        if not lr_valid.any():
+            raise InputError(f"{hr_path}: no valid pixel in channels {chans}")
+        zoom = min(32, h // s, w // s)
+        zr, zc = busiest_window(np.where(lr_valid, lr[-1], np.nan), zoom)
+        hz = (slice(zr * s, (zr + zoom) * s), slice(zc * s, (zc + zoom) * s))
+        ev = Evaluation("self-supervised scene", chans, s, units=units,
+                        info={"source": str(hr_path), "shape_hr": [h, w], "degradation": {k: round(v, 4) for k, v in params.items()}})
+        ev.example["lr"] = np.where(lr_valid[zr:zr + zoom, zc:zc + zoom], denormalise(lr[:, zr:zr + zoom, zc:zc + zoom], *norm), np.nan)
+        hr_zoom, hv = _read_rows(nc, chans, hz[0].start, hz[0].stop, w, norm)
+        ev.example["hr"] = np.where(hv[:, hz[1]], denormalise(hr_zoom[:, :, hz[1]], *norm), np.nan)
+        all_methods = {"bicubic": Bicubic(s, norm, first.lr_channels, chans)} if "bicubic" in cfg.methods else {}
+        all_methods.update(methods)
+        tiles = plan_tiles(lr_valid, cfg.tile_lr, cfg.overlap_lr)
+        tile_rows = max(t.rows for t in tiles)
+        sums = {}
+        for name, meth in all_methods.items():
+            sums[name] = sc = ScoreSums(chans, quantities, norm, s, cfg, perceptual)
+            runner = TileRunner(meth, device, cfg.batch_size)
+            blend = blend_geometry(cfg.overlap_lr * s, meth.receptive_margin_hr())
+            x = renorm(lr, norm, meth.input_norm())
+            x[:, ~lr_valid] = 0.0
+            stream = stitch_rows(runner.run(x, lr_valid, tiles), lr_valid.shape, s, blend, len(chans), 0, h,
+                                 cfg.band_rows, tile_rows)
+            zoom_rows = np.full((len(chans), zoom * s, zoom * s), np.nan, np.float32)
+            for row, blk, (ta, tb) in with_halo(stream, sc.halo):
+                hr, hv = _read_rows(nc, chans, row, row + blk.shape[1], w, norm)
+                pred = renorm(np.nan_to_num(blk), meth.output_norm(), norm)
+                mask = (hv & np.isfinite(blk).all(axis=0)).astype(np.float32)
+                sc.add(torch.from_numpy(pred)[None], torch.from_numpy(hr)[None], torch.from_numpy(mask)[None, None], (ta, tb))
+                lo_r, hi_r = max(row + ta, hz[0].start), min(row + tb, hz[0].stop)
+                if lo_r < hi_r:
+                    zoom_rows[:, lo_r - hz[0].start:hi_r - hz[0].start] = np.where(
+                        mask[None, lo_r - row:hi_r - row, hz[1]] > 0, pred[:, lo_r - row:hi_r - row, hz[1]], np.nan)
+            ev.example[name] = denormalise(zoom_rows, *norm)
+            log.info("scored %s over %dx%d HR pixels; peak RSS %d MB", name, h, w, peak_rss_mb())
+        ev.info["peak_rss_mb"] = peak_rss_mb()
+    return _finish(ev, sums)

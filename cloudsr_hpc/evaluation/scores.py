@@ -1,0 +1,146 @@
+"""All of a method's measures over many patches or row bands, combined exactly (additive sums).
+
+``ScoreSums.add`` takes normalised SR/HR blocks with a validity mask; ``result`` turns the sums into
+per-channel values and one value over all channels:
+  psnr      10 log10(range^2 / MSE) over ``data_range`` (all channels: from the total error)
+  ssim      mean SSIM over wholly valid 11x11 windows
+  grad      the paper's gradient-preservation ratio, sum |Sobel SR| / sum |Sobel HR| (ideal 1)
+  spectrum  high-band power ratio: summed radially averaged PSD of SR / of HR at wavenumbers beyond
+            the LR Nyquist limit (ideal 1; < 1 is missing fine structure, > 1 invented noise)
+  fss       fractions skill score of cloud masks (physical thresholds per quantity), averaged
+            over the thresholds, per neighbourhood window (1 perfect, 0 no skill)
+  lpips     mean LPIPS over tiles (None when the backbone is not staged)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..schema import EvaluateConfig
+from . import metrics as M
+
+
+@dataclass(frozen=True)
+class Event:
+    channel: int
+    threshold: float  # physical units
+    below: bool  # event where the value is below (cold BT) or above (bright reflectance)
+    norm_threshold: float
+
+    @property
+    def label(self) -> str:
+        return f"{'<' if self.below else '>'}{self.threshold:g}"
+
+
+def cloud_events(quantities: list[str], norm: tuple[list[float], list[float]], cfg) -> list[Event]:
+    """The FSS events of each channel, thresholds mapped into its normalised units."""
+    out = []
+    for c, q in enumerate(quantities):
+        below = q == "brightness_temperature"
+        thresholds = cfg.brightness_temperature_below if below else cfg.reflectance_above if q == "reflectance" else []
+        lo, hi = norm[0][c], norm[1][c]
+        out += [Event(c, float(t), below, 2.0 * (t - lo) / (hi - lo) - 1.0) for t in thresholds]
+    return out
+
+
+class ScoreSums:
+    def __init__(self, channels: list[str], quantities: list[str], norm, scale: int, cfg: EvaluateConfig,
+                 perceptual=None):
+        self.channels, self.scale, self.cfg, self.perceptual = channels, scale, cfg, perceptual
+        c = len(channels)
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.events = cloud_events(quantities, norm, cfg.fss)
+        self.sq, self.n = z(c), z(c)
+        self.ssim, self.ssim_n = z(c), z(c)
+        self.gp, self.gt = z(c), z(c)
+        nk = cfg.spectrum_tile // 2
+        self.psd_p, self.psd_t, self.psd_n = z(c, nk), z(c, nk), 0
+        self.fss_num = {w: z(len(self.events)) for w in cfg.fss.windows}
+        self.fss_den = {w: z(len(self.events)) for w in cfg.fss.windows}
+        self.lp, self.lp_n = z(c), z(c)
+
+    @property
+    def halo(self) -> int:
+        """Rows of context a block needs above and below the rows it owns."""
+        return max([5, 1] + [w // 2 for w in self.cfg.fss.windows])
+
+    @torch.no_grad()
+    def add(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, rows: tuple[int, int] | None = None):
+        """Add (N, C, H, W) normalised blocks; ``rows`` = the rows this block owns (others are halo)."""
+        pred, target, mask = pred.float(), target.float(), mask.float()
+        own = slice(*rows) if rows else slice(None)
+        for c in range(pred.shape[1]):  # channel by channel: a full-disk band's temporaries stay small
+            p, t = pred[:, c:c + 1], target[:, c:c + 1]
+            for acc, (a, b) in (((self.sq, self.n), M.squared_error_sums(p, t, mask, rows)),
+                                ((self.ssim, self.ssim_n), M.ssim_sums(p, t, mask, rows, self.cfg.data_range)),
+                                ((self.gp, self.gt), M.gradient_sums(p, t, mask, rows))):
+                acc[0][c] += a[0]
+                acc[1][c] += b[0]
+            spec = M.spectrum_tiles(p[..., own, :], t[..., own, :], mask[..., own, :], self.cfg.spectrum_tile)
+            if spec is not None:
+                self.psd_p[c] += spec[0][0]
+                self.psd_t[c] += spec[1][0]
+                n_tiles = spec[2]
+            if self.perceptual is not None:
+                tiles = M.cut_tiles(self.cfg.spectrum_tile, p[..., own, :], t[..., own, :], mask[..., own, :])
+                if tiles is not None:
+                    lp, n = self.perceptual.per_channel(*tiles)
+                    self.lp[c] += lp[0]
+                    self.lp_n[c] += n[0]
+        if spec is not None:
+            self.psd_n += n_tiles  # the same tiles for every channel (validity is shared)
+        for i, e in enumerate(self.events):  # one event at a time: float64 box sums of a band are large
+            ev_p, ev_t = ((x[:, e.channel:e.channel + 1] < e.norm_threshold) if e.below else
+                          (x[:, e.channel:e.channel + 1] > e.norm_threshold) for x in (pred, target))
+            for w in self.cfg.fss.windows:
+                num, den = M.fss_sums(ev_p.float(), ev_t.float(), mask, w, rows)
+                self.fss_num[w][i] += num[0]
+                self.fss_den[w][i] += den[0]
+
+    # -- results
+    def spectra(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(k cycles/px, mean SR PSD (C, K), mean HR PSD (C, K))."""
+        _, k = M.radial_bins(self.cfg.spectrum_tile)
+        n = max(self.psd_n, 1)
+        return k, (self.psd_p / n).numpy(), (self.psd_t / n).numpy()
+
+    def result(self) -> dict:
+        k, pp, pt = self.spectra()
+        hb = M.high_band(k, self.scale)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spec_c = pp[:, hb].sum(1) / pt[:, hb].sum(1)
+            spec_all = pp[:, hb].sum() / pt[:, hb].sum()
+        nan = float("nan")
+
+        def ratio(a, b):
+            return (a / b).numpy()
+
+        per = {
+            "psnr": M.psnr_from(self.sq, self.n, self.cfg.data_range).numpy(),
+            "ssim": ratio(self.ssim, self.ssim_n),
+            "grad": ratio(self.gp, self.gt),
+            "spectrum": spec_c if self.psd_n else np.full(len(self.channels), nan),
+            "lpips": ratio(self.lp, self.lp_n) if self.perceptual is not None else np.full(len(self.channels), nan),
+        }
+        fss_ev = {w: 1.0 - (self.fss_num[w] / self.fss_den[w]).numpy() for w in self.cfg.fss.windows}
+        per_fss = {}
+        for w, v in fss_ev.items():
+            per_fss[w] = np.array([np.nanmean([v[i] for i, e in enumerate(self.events) if e.channel == c])
+                                   if any(e.channel == c for e in self.events) else nan for c in range(len(self.channels))])
+        overall = {
+            "psnr": float(M.psnr_from(self.sq.sum(), self.n.sum(), self.cfg.data_range)),
+            "ssim": float(self.ssim.sum() / self.ssim_n.sum()),
+            "grad": float(self.gp.sum() / self.gt.sum()),
+            "spectrum": float(spec_all) if self.psd_n else nan,
+            "lpips": float(np.nanmean(per["lpips"])) if self.perceptual is not None and float(self.lp_n.sum()) else None,
+            "fss": {w: float(np.nanmean(v)) if len(v) else nan for w, v in fss_ev.items()},
+        }
+        return {"overall": overall,
+                "channels": {name: {**{m: float(per[m][c]) for m in per}, "fss": {w: float(per_fss[w][c]) for w in per_fss}}
+                             for c, name in enumerate(self.channels)},
+                "fss_events": {f"{self.channels[e.channel]} {e.label}": {w: float(fss_ev[w][i]) for w in fss_ev}
+                               for i, e in enumerate(self.events)},
+                "tiles": {"spectrum": self.psd_n, "lpips": int(self.lp_n.max()) if self.perceptual is not None else 0}}
+
