@@ -113,9 +113,9 @@ def cmd_read(args) -> int:
 def cmd_config(args) -> int:
     from . import schema
     kinds = {"stage": schema.StageConfig, "infer": schema.InferConfig, "pairs": schema.PairsFile,
-             "cluster": schema.ClusterProfile}
+             "cluster": schema.ClusterProfile, "evaluate": schema.EvaluateConfig}
     name = Path(args.file).stem
-    kind = args.kind or ("stage" if name.startswith("stage") else name if name in kinds else
+    kind = args.kind or ("stage" if name.startswith("stage") or name == "regression" else name if name in kinds else
                          "cluster" if "cluster" in str(args.file) else None)
     if kind is None:
         if name == "sensors":
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("config", cmd_config, "validate and print a config (with overrides)")
     sp.add_argument("file")
-    sp.add_argument("--kind", choices=["stage", "infer", "pairs", "cluster"])
+    sp.add_argument("--kind", choices=["stage", "infer", "pairs", "cluster", "evaluate"])
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     def cluster_opts(sp):

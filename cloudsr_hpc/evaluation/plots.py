@@ -9,12 +9,32 @@ import numpy as np
 from ..data.shards import shard_attrs
 
 
-def pairs_quicklook(shard: str | Path, out_png: str | Path, n: int = 4) -> Path:
-    """LR | HR for the ``n`` most structured patches of a ``pairs`` shard, one row per channel."""
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 90) -> Path:
+    """PNG written under a temporary name and renamed: never a half-written image; closes ``fig``."""
+    from ..data.scene import atomic_path
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        tmp.replace(path)
+    finally:
+        pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def pairs_quicklook(shard: str | Path, out_png: str | Path, n: int = 4) -> Path:
+    """LR | HR for the ``n`` most structured patches of a ``pairs`` shard, one row per channel."""
     from ..data.sensors import load_registry
+    plt = pyplot()
     attrs = shard_attrs(Path(shard))
     hr_sensor = load_registry().sensor(attrs["hr_sensor"])
     with h5py.File(shard, "r") as f:
@@ -37,10 +57,7 @@ def pairs_quicklook(shard: str | Path, out_png: str | Path, n: int = 4) -> Path:
                     ax.set_ylabel(f"{lc} / {hc}", fontsize=8)
     fig.suptitle(f"{attrs['pair']} training pairs (x{attrs['scale']}), {Path(shard).name}", fontsize=10)
     fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def busiest_window(img: np.ndarray, size: int) -> tuple[int, int]:
@@ -70,10 +87,8 @@ def quicklook_views(lr: np.ndarray, max_side: int = 640, zoom_lr: int = 48) -> d
 def sr_quicklook(views: dict, lr_channels: list[str], output_nc: str | Path, out_png: str | Path) -> Path:
     """LR vs SR per channel: the whole scene (subsampled) and a full-resolution zoom on the most
     structured window.  Reads the output strided, so a full disk never sits in memory."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import netCDF4
+    plt = pyplot()
     output_nc, out_png = Path(output_nc), Path(out_png)
     k, r0, c0, zoom_lr = views["k"], views["r0"], views["c0"], views["zoom_lr"]
     with netCDF4.Dataset(output_nc) as nc:
@@ -98,12 +113,4 @@ def sr_quicklook(views: dict, lr_channels: list[str], output_nc: str | Path, out
             ax.set_title(title, fontsize=9)
     fig.suptitle(output_nc.name, fontsize=10)
     fig.tight_layout()
-    from ..data.scene import atomic_path
-    tmp = atomic_path(out_png)
-    try:
-        fig.savefig(tmp, dpi=80, format="png")
-        tmp.replace(out_png)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out_png
+    return save_figure(fig, out_png, dpi=80)

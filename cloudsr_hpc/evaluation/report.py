@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import config_path, read_yaml
-from ..data.scene import atomic_path
 from ..training.checkpoint import write_text_atomic
+from .plots import pyplot, save_figure
 from .protocol import LABELS, Evaluation
 
 
@@ -65,28 +65,9 @@ def csv_rows(ev: Evaluation) -> str:
     return buf.getvalue()
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-    tmp = atomic_path(path)
-    try:
-        fig.savefig(tmp, dpi=90, format="png")
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_grad_ratio(ev: Evaluation, path: Path) -> Path:
     """Bars of the gradient-preservation ratio per method (overall and per channel), ideal 1."""
-    plt = _plt()
+    plt = pyplot()
     names = list(ev.scores)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.6))
     width = 0.8 / (len(ev.channels) + 1)
@@ -100,12 +81,12 @@ def plot_grad_ratio(ev: Evaluation, path: Path) -> Path:
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"Gradient preservation ({ev.protocol})", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_spectra(ev: Evaluation, path: Path) -> Path:
     """Radially averaged power spectra per channel: HR against each method (log-log)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(ev.channels), figsize=(3.2 * len(ev.channels), 3.2), squeeze=False)
     for c, ch in enumerate(ev.channels):
         ax = axes[0, c]
@@ -121,12 +102,12 @@ def plot_spectra(ev: Evaluation, path: Path) -> Path:
             ax.legend(fontsize=6)
     fig.suptitle(f"Power spectra ({ev.protocol}); dotted: LR Nyquist", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_panel(ev: Evaluation, path: Path) -> Path:
     """Qualitative panel per channel: LR / bicubic / each stage / cascade / regression / HR."""
-    plt = _plt()
+    plt = pyplot()
     cols = ["lr"] + [n for n in ("bicubic", "stage1", "stage2", "cascade", "regression") if n in ev.example] + ["hr"]
     fig, axes = plt.subplots(len(ev.channels), len(cols), figsize=(1.9 * len(cols), 2.0 * len(ev.channels)), squeeze=False)
     for c, ch in enumerate(ev.channels):
@@ -143,7 +124,7 @@ def plot_panel(ev: Evaluation, path: Path) -> Path:
                 ax.set_ylabel(ch, fontsize=8)
     fig.suptitle(f"{ev.protocol}: x{ev.scale}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_report(ev: Evaluation, out_dir: str | Path, title: str, table_window: int, pair: str) -> dict[str, str]:
