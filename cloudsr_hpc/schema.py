@@ -44,8 +44,8 @@ class DegradationConfig:
     noise_std: tuple[float, float] = (0.0, 0.01)          # in normalised units ([-1, 1] range)
     quantisation_levels: int = 0                          # 0 = off; e.g. 1024 for 10-bit counts
     jpeg_quality: int = 0                                 # 0 = off; 1..100 JPEG-like 8x8 DCT quantisation
-    # share of samples conditioned on a partly restored image x0 + a (bicubic(LR) - x0), a ~ U(0, 1):
-    # what Stage 2 meets behind Stage 1 in the cascade (a condition that already has some detail)
+    # share of samples conditioned like Stage 2 is behind Stage 1 in the cascade: the HR lacking only
+    # its finest scales (Gaussian blur, sigma ~ U(0.25, scale / 2) HR px) instead of bicubic(LR)
     cascade_condition_prob: float = 0.0
     seed: int = 0
 

@@ -82,3 +82,19 @@ def test_degradation_pipeline_applies_jpeg_when_configured():
     jp = Degradation(DegradationConfig(blur_sigma_lr_px=(0.5, 0.5), shift_lr_px=0, noise_std=(0, 0), jpeg_quality=20),
                      4)(hr, torch.ones_like(hr), g())[0]
     assert not torch.allclose(plain, jp) and (plain - jp).abs().mean() < 0.2
+
+
+def test_cascade_conditions_keep_mid_scales_and_damp_the_finest():
+    """Stage 2's cascade-like conditions sit between bicubic(LR) and the HR: sharper than the
+    former, smoother than the latter; p = 0 leaves every condition alone."""
+    import torch.nn.functional as F
+    from cloudsr_hpc.evaluation.metrics import gradient_ratio
+    from cloudsr_hpc.models.cascade import upsample_condition
+    from cloudsr_hpc.training.trainer import cascade_conditions
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 2, 64, 64, generator=g) * 2 - 1
+    x0 = blur(x0, 1.0)  # some spatial correlation
+    y, m = upsample_condition(F.avg_pool2d(x0, 4), torch.ones(4, 2, 16, 16), 4)
+    assert torch.equal(cascade_conditions(x0, y, m, 0.0, 4, torch.Generator().manual_seed(1)), y)
+    c = cascade_conditions(x0, y, m, 1.0, 4, torch.Generator().manual_seed(1))
+    assert gradient_ratio(y, x0, m) < gradient_ratio(c, x0, m) < 1.0

@@ -133,7 +133,7 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
     all_methods.update(methods)
     sums = {m: ScoreSums(chans, quantities, norm_hr, val.scale, cfg, perceptual) for m in all_methods}
     n = min(len(val), cfg.max_pairs) if cfg.max_pairs else len(val)
-    ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(n)]))  # the most structured pair
+    ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(min(n, 256))]))  # the most structured pair
     ev = Evaluation("held-out pairs", chans, val.scale, units=units, info={"pairs": n, "source": str(cfg.pairs)})
     for start in range(0, n, cfg.batch_size):
         idx = list(range(start, min(n, start + cfg.batch_size)))
@@ -235,6 +235,10 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
     except OSError as e:
         raise InputError(f"{hr_path}: not a readable NetCDF file ({e})") from None
     with nc:
+        want = registry.pair(cfg.pair).hr
+        have = getattr(nc, "sensor", want)
+        if have != want:
+            raise InputError(f"{hr_path}: a scene of sensor '{have}', the {cfg.pair} models super-resolve to {want}")
         missing = [c for c in chans if c not in nc.variables]
         if missing:
             raise InputError(f"{hr_path}: channels {missing} missing (the models need {chans})")

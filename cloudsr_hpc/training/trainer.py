@@ -25,6 +25,7 @@ from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
 from ..errors import CloudSRError, InputError
 from ..evaluation.metrics import gradient_ratio, psnr
 from ..models.cascade import predict_x0, upsample_condition
+from ..data.degradations import blur
 from ..models.diffusion import GlobalNoise, ResShift
 from ..models.network import ConditionalUNet
 from ..schema import StageConfig
@@ -35,6 +36,19 @@ from .losses import total_loss
 log = logging.getLogger(__name__)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: state saved, run again to resume
 
+
+
+def cascade_conditions(x0: torch.Tensor, y: torch.Tensor, m: torch.Tensor, p: float, scale: int,
+                       gen: torch.Generator) -> torch.Tensor:
+    """Replace a share ``p`` of Stage 2's conditions by what Stage 1 hands it in the cascade: the
+    HR with its scales near and beyond the LR Nyquist limit damped, here a Gaussian blur of
+    sigma ~ U(0.25, scale / 2) HR pixels (bicubic(LR) lacks them all, Stage 1's output only the finest)."""
+    u = torch.rand(2, x0.shape[0], generator=gen).tolist()
+    out = y.clone()
+    for i, (pick, v) in enumerate(zip(*u)):
+        if pick < p:
+            out[i] = blur(x0[i:i + 1], 0.25 + v * (scale / 2 - 0.25))[0] * m[i]
+    return out
 
 class TrainingError(CloudSRError):
     pass
@@ -149,10 +163,8 @@ class Trainer:
         n = x0.shape[0]
         dtype = next(self.engine.module.parameters()).dtype
         p = self.cfg.data.degradation.cascade_condition_prob if self.cfg.stage == 2 else 0.0
-        if p > 0:  # some conditions partly restored, as Stage 1's output is in the cascade
-            u = torch.rand(2, n, generator=gen).to(x0.device)
-            a = torch.where(u[0] < p, u[1], torch.ones_like(u[1])).view(n, 1, 1, 1)
-            y = (x0 + a * (y - x0)) * m
+        if p > 0:  # some conditions like Stage 1's outputs in the cascade: HR lacking only the finest scales
+            y = cascade_conditions(x0, y, m, p, self.scale, gen)
         if self.cfg.stage == "regression":
             t = torch.zeros(n, dtype=torch.long, device=x0.device)
             pred = self.engine(y.to(dtype), y.to(dtype), t, m.to(dtype))
