@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import save  # noqa: E402
 
-CODE = ("import resource, sys; from cloudsr_hpc.submit import main; rc = main(sys.argv[1:]); "
-        "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)")
+CODE = ("import sys; from cloudsr_hpc.submit import main; from cloudsr_hpc.inference.pipeline import peak_rss_mb; "
+        "rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)")
 
 
 def run(hr: Path, out: Path, models, threads: int) -> dict:

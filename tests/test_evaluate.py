@@ -85,8 +85,8 @@ def test_held_out_table_after_the_documented_training(trained_models, tmp_path):
 
 def _evaluate_scene(hr, out, models, *sets):
     """``submit evaluate --hr`` in a subprocess that reports its own peak RSS (MB)."""
-    code = ("import resource, sys; from cloudsr_hpc.submit import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)")
+    code = ("import sys; from cloudsr_hpc.submit import main; from cloudsr_hpc.inference.pipeline import peak_rss_mb; "
+            "rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)")
     args = ["evaluate", "--hr", str(hr), "--scale", "4", "--methods", "bicubic,cascade", "--checkpoints",
             str(models[0]), str(models[1]), "--out", str(out), "--set", "lpips=false", "--set", "batch_size=2"]
     proc = subprocess.run([sys.executable, "-c", code, *args, *[a for s in sets for a in ("--set", s)]],
@@ -111,8 +111,8 @@ def test_scene_evaluation_of_a_3712_scene_streams_in_bounded_memory(tiny_models,
     doc_s, peak_s = _evaluate_scene(short, tmp_path / "ev_short", tiny_models)
     print({"peak_MB_3712x3712": peak_t, "peak_MB_928x3712": peak_s})
     assert doc_t["info"]["shape_hr"] == [3712, 3712]
-    # one float32 copy of the tall scene's 5 channels is 276 MB; holding HR and SR would cost > 550 MB more
-    assert peak_t - peak_s < 100
+    # one float32 copy of the tall scene's 5 channels is 263 MB; holding HR and SR would cost > 500 MB more
+    assert peak_t - peak_s < 128  # measured +16..+62 MB (the LR scene and its copies grow 4x)
     for doc in (doc_t, doc_s):
         b = doc["scores"]["bicubic"]["overall"]
         assert 15 < b["psnr"] < 60 and 0 < b["grad"] < 1 and 0 < b["spectrum"] < 1

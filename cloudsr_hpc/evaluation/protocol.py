@@ -155,6 +155,18 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
 
 
 # --------------------------------------------------------------------------- scene protocol
+def bound_chunk_cache(nc, channels: list[str]) -> None:
+    """HDF5 keeps up to 64 MB of decompressed chunks per variable by default, which grows with the
+    rows read; two rows of chunks suffice for bands read top to bottom (each chunk inflated once)."""
+    for c in channels:
+        var = nc[c]
+        chunks = var.chunking()
+        if isinstance(chunks, list):
+            ch, cw = chunks
+            per_row = -(-var.shape[1] // cw) * ch * cw * var.dtype.itemsize
+            var.set_var_chunk_cache(size=2 * per_row)
+
+
 def _read_rows(nc, channels: list[str], a: int, b: int, width: int, norm) -> tuple[np.ndarray, np.ndarray]:
     """Normalised HR rows [a, b) (C, b - a, width) with invalid pixels 0, and validity (b - a, width)."""
     from ..inference.pipeline import normalise
@@ -246,6 +258,7 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise InputError(f"{hr_path}: channels must be 2-D on one grid, got shapes {sorted(shapes)}")
         h0, w0 = next(iter(shapes))
+        bound_chunk_cache(nc, chans)
         h, w = h0 // (8 * s) * 8 * s, w0 // (8 * s) * 8 * s  # whole LR pixels and JPEG blocks
         if h == 0 or w == 0:
             raise InputError(f"{hr_path}: {h0}x{w0} is smaller than one {8 * s}-pixel block")

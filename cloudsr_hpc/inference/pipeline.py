@@ -147,8 +147,14 @@ class SceneResult:
 
 
 def peak_rss_mb() -> int:
-    import resource
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """This process's peak resident memory in MB: VmHWM of its own address space.  (``ru_maxrss``
+    survives exec, so a child started from a large parent reports the parent's size at fork.)"""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 class ScenePipeline:
