@@ -168,12 +168,14 @@ def spectrum_tiles(pred, target, mask, tile: int, min_valid: float = 0.95):
     """(sum of SR spectra, sum of HR spectra, tiles used) per channel over the ``tile`` squares
     (:func:`cut_tiles`) that are at least ``min_valid`` valid; None when not one tile fits."""
     tiles = cut_tiles(tile, pred, target, mask)
-    if tiles is None:
-        return None
-    tp, tt, tm = tiles
+    return None if tiles is None else spectrum_sums(*tiles, min_valid)
+
+
+def spectrum_sums(tp, tt, tm, min_valid: float = 0.95):
+    """:func:`spectrum_tiles` of tiles already cut."""
     keep = tm.mean(dim=(1, 2, 3)) >= min_valid
     if not bool(keep.any()):
-        z = torch.zeros(pred.shape[1], tile // 2, dtype=torch.float64)
+        z = torch.zeros(tp.shape[1], tp.shape[-1] // 2, dtype=torch.float64)
         return z, z.clone(), 0
     tp, tt, tm = tp[keep], tt[keep], tm[keep]
     return tile_spectra(tp, tm).sum(0), tile_spectra(tt, tm).sum(0), int(keep.sum())

@@ -78,18 +78,17 @@ class ScoreSums:
                                 ((self.gp, self.gt), M.gradient_sums(p, t, mask, rows))):
                 acc[0][c] += a[0]
                 acc[1][c] += b[0]
-            spec = M.spectrum_tiles(p[..., own, :], t[..., own, :], mask[..., own, :], self.cfg.spectrum_tile)
-            if spec is not None:
-                self.psd_p[c] += spec[0][0]
-                self.psd_t[c] += spec[1][0]
-                n_tiles = spec[2]
+            tiles = M.cut_tiles(self.cfg.spectrum_tile, p[..., own, :], t[..., own, :], mask[..., own, :])
+            if tiles is None:
+                continue
+            sp, st, n_tiles = M.spectrum_sums(*tiles)
+            self.psd_p[c] += sp[0]
+            self.psd_t[c] += st[0]
             if self.perceptual is not None:
-                tiles = M.cut_tiles(self.cfg.spectrum_tile, p[..., own, :], t[..., own, :], mask[..., own, :])
-                if tiles is not None:
-                    lp, n = self.perceptual.per_channel(*tiles)
-                    self.lp[c] += lp[0]
-                    self.lp_n[c] += n[0]
-        if spec is not None:
+                lp, n = self.perceptual.per_channel(*tiles)
+                self.lp[c] += lp[0]
+                self.lp_n[c] += n[0]
+        if tiles is not None:
             self.psd_n += n_tiles  # the same tiles for every channel (validity is shared)
         for i, e in enumerate(self.events):  # one event at a time: float64 box sums of a band are large
             ev_p, ev_t = ((x[:, e.channel:e.channel + 1] < e.norm_threshold) if e.below else
@@ -114,15 +113,12 @@ class ScoreSums:
             spec_all = pp[:, hb].sum() / pt[:, hb].sum()
         nan = float("nan")
 
-        def ratio(a, b):
-            return (a / b).numpy()
-
         per = {
             "psnr": M.psnr_from(self.sq, self.n, self.cfg.data_range).numpy(),
-            "ssim": ratio(self.ssim, self.ssim_n),
-            "grad": ratio(self.gp, self.gt),
+            "ssim": (self.ssim / self.ssim_n).numpy(),
+            "grad": (self.gp / self.gt).numpy(),
             "spectrum": spec_c if self.psd_n else np.full(len(self.channels), nan),
-            "lpips": ratio(self.lp, self.lp_n) if self.perceptual is not None else np.full(len(self.channels), nan),
+            "lpips": (self.lp / self.lp_n).numpy() if self.perceptual is not None else np.full(len(self.channels), nan),
         }
         fss_ev = {w: 1.0 - (self.fss_num[w] / self.fss_den[w]).numpy() for w in self.cfg.fss.windows}
         per_fss = {}
