@@ -70,22 +70,22 @@ def test_registry_rejects_bad_pair(tmp_path):
 
 def test_adding_a_sensor_is_yaml_only(tmp_path):
     text = open(load_registry().source).read()
-    abi = """
-  abi:
-    long_name: GOES-16 ABI
-    platforms: [GOES-16]
+    ahi = """
+  ahi:
+    long_name: Himawari AHI
+    platforms: [Himawari-9]
     kind: geostationary
-    sub_lon: -75.2
-    full_disk: 5424
+    sub_lon: 140.7
+    full_disk: 5500
     repeat_cycle_minutes: 10
     formats:
-      l1b:
-        reader: abi_l1b
-        patterns: ['OR_ABI-L1b-RadF-M6C{channel:02d}_G16_s{start_time:%Y%j%H%M%S%f}_e{end_time}_c{creation}.nc']
+      hsd:
+        reader: ahi_hsd
+        patterns: ['HS_{platform_shortname}_{start_time:%Y%m%d_%H%M}_B{band:2d}_{area}_R{res_id:d}_S{segment:2d}{total_segments:2d}.DAT']
     channels:
-      C13: {wavelength_um: 10.3, quantity: brightness_temperature, norm: [190.0, 320.0], resolution_m: 2000.0}
+      B13: {wavelength_um: 10.4, quantity: brightness_temperature, norm: [190.0, 320.0], resolution_m: 2000.0}
 """
     p = tmp_path / "sensors.yaml"
-    p.write_text(text.replace("\npairs:", abi + "\npairs:"))
+    p.write_text(text.replace("\npairs:", ahi + "\npairs:"))
     reg = load_registry(p)
-    assert reg.sensor("abi").channel("C13").resolution_m == 2000.0
+    assert reg.sensor("ahi").channel("B13").resolution_m == 2000.0

@@ -8,13 +8,20 @@ south-up); each writer/reader converts at its boundary so nothing else has to th
 A :class:`GeosGrid` is a window (``row0, col0, nrows, ncols``) of a full-disk grid of
 ``full_rows x full_cols`` pixels of ``step`` metres at the sub-satellite point, symmetric about
 the sub-satellite point: pixel centre of column j is ``(col0 + j + 0.5 - full_cols/2) * step``.
+
+``sweep`` is the fixed-grid scan geometry: ``y`` for MSG/MTG (EUMETSAT), ``x`` for GOES ABI.  It
+changes where an off-nadir pixel lies on the Earth (by 15-25 km at the CONUS corners), so it
+travels with the grid everywhere: the pyproj CRS, the CF grid mapping, the ``grid_sweep``
+attribute of every scene and product.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+import pyproj
 
 GEOS_HEIGHT = 35785831.0  # satellite height above the ellipsoid [m]
 EQUATORIAL_RADIUS = 6378169.0  # the ellipsoid EUMETSAT uses for MSG/MTG grids [m]
@@ -34,8 +41,11 @@ class GeosGrid:
     h: float = GEOS_HEIGHT
     a: float = EQUATORIAL_RADIUS
     b: float = POLAR_RADIUS
+    sweep: str = "y"  # last, so that positional construction of older code stays valid
 
     def __post_init__(self):
+        if self.sweep not in ("x", "y"):
+            raise ValueError(f"sweep must be 'x' or 'y', got {self.sweep!r}")
         if self.nrows is None:
             object.__setattr__(self, "nrows", self.full_rows - self.row0)
         if self.ncols is None:
@@ -78,12 +88,15 @@ class GeosGrid:
 
     def proj_dict(self) -> dict:
         return {"proj": "geos", "lon_0": self.sub_lon, "h": self.h, "a": self.a, "b": self.b,
-                "sweep": "y", "units": "m"}
+                "sweep": self.sweep, "units": "m"}
+
+    def crs(self) -> pyproj.CRS:
+        """The grid's projection; built once per (lon_0, h, a, b, sweep), windows share it."""
+        return _geos_crs(self.sub_lon, self.h, self.a, self.b, self.sweep)
 
     def area_definition(self, area_id: str = "cloudsr_geos"):
         from pyresample.geometry import AreaDefinition
-        proj = self.proj_dict()
-        return AreaDefinition(area_id, area_id, area_id, proj, self.ncols, self.nrows, self.extent)
+        return AreaDefinition(area_id, area_id, area_id, self.crs(), self.ncols, self.nrows, self.extent)
 
     def lonlat(self) -> tuple[np.ndarray, np.ndarray]:
         """Longitude/latitude of pixel centres (NaN off-disk), float64 arrays of ``shape``."""
@@ -91,11 +104,9 @@ class GeosGrid:
         return geos_to_lonlat(xx, yy, self)
 
     def cf_grid_mapping(self) -> dict:
-        """CF-1.x attributes of the grid-mapping variable."""
-        return {"grid_mapping_name": "geostationary", "perspective_point_height": self.h,
-                "longitude_of_projection_origin": self.sub_lon, "latitude_of_projection_origin": 0.0,
-                "semi_major_axis": self.a, "semi_minor_axis": self.b, "sweep_angle_axis": "y",
-                "false_easting": 0.0, "false_northing": 0.0}
+        """CF-1.x attributes of the grid-mapping variable, as pyproj writes them (``sweep_angle_axis``,
+        the ellipsoid and ``crs_wkt`` included) so any CF reader rebuilds the same projection."""
+        return {k: v for k, v in self.crs().to_cf().items() if v is not None}  # netCDF4 cannot store None
 
     def to_attrs(self) -> dict:
         return {f"grid_{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -104,9 +115,31 @@ class GeosGrid:
     def from_attrs(cls, attrs: dict) -> "GeosGrid":
         kw = {}
         for f in dataclasses.fields(cls):
-            v = attrs[f"grid_{f.name}"]
-            kw[f.name] = int(v) if f.type in ("int", "int | None") else float(v)
+            key = f"grid_{f.name}"
+            if key not in attrs and f.name in ADDED_FIELDS:
+                continue  # a file written before the field existed: the default is what it meant
+            kw[f.name] = _from_attr(attrs[key], f.type)
         return cls(**kw)
+
+
+# Fields added after files were written without them; their defaults describe those files
+# (every grid before ``sweep`` was an MSG/MTG one, sweep y).
+ADDED_FIELDS = ("sweep",)
+
+
+def _from_attr(value, annotation: str):
+    """A ``grid_*`` attribute back to the field's type (NetCDF hands back numpy scalars / str)."""
+    if annotation in ("int", "int | None"):
+        return int(value)
+    if annotation == "str":
+        return str(value)
+    return float(value)
+
+
+@lru_cache(maxsize=32)
+def _geos_crs(sub_lon: float, h: float, a: float, b: float, sweep: str) -> pyproj.CRS:
+    return pyproj.CRS.from_dict({"proj": "geos", "lon_0": sub_lon, "h": h, "a": a, "b": b, "sweep": sweep,
+                                 "units": "m"})
 
 
 def window_starts(n: int, size: int, stride: int) -> list[int]:
@@ -120,9 +153,9 @@ def window_starts(n: int, size: int, stride: int) -> list[int]:
     return starts
 
 
-def _proj(grid: GeosGrid):
-    import pyproj
-    return pyproj.Proj(proj="geos", lon_0=grid.sub_lon, h=grid.h, a=grid.a, b=grid.b, sweep="y")
+def _proj(grid: GeosGrid) -> pyproj.Proj:
+    """The projection of the grid's (cached) CRS: sweep axis, ellipsoid and height included."""
+    return pyproj.Proj(grid.crs())
 
 
 def geos_to_lonlat(x: np.ndarray, y: np.ndarray, grid: GeosGrid) -> tuple[np.ndarray, np.ndarray]:

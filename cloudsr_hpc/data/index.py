@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trollsift import Parser
 
-from ..errors import ArchiveError, CloudSRError
+from ..errors import ArchiveError, CloudSRError, InputError
 from .sensors import Registry, Sensor
 
 DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y%m%dT%H%M", "%Y%m%d%H%M", "%Y-%m-%d")
@@ -81,6 +81,22 @@ def parsers(registry: Registry) -> list:
             for fname, f in s.formats.items() for p in f.patterns]
 
 
+def formats_of(files: list[str | Path], sensor: Sensor, registry: Registry) -> list[str]:
+    """The formats of ``sensor`` that ``files`` are, from their names (sorted, each once): what a
+    reader needs when the user gives files and no ``--format`` (an ABI mesoscale file is not CONUS).
+    A file named as another sensor's is an error; files no pattern knows add nothing."""
+    found = set()
+    plist = parsers(registry)
+    for f in files:
+        hit = identify(Path(f).name, plist)
+        if hit is None:
+            continue
+        if hit[0].name != sensor.name:
+            raise InputError(f"{f}: file name of sensor {hit[0].name} (format {hit[1]}), not {sensor.name}")
+        found.add(hit[1])
+    return sorted(found)
+
+
 def identify(name: str, parser_list: list) -> tuple[Sensor, str, dt.datetime] | None:
     """(sensor, format, nominal slot) of a real file name, or None if no pattern matches."""
     for sensor, fmt_name, parser, fmt in parser_list:
@@ -89,13 +105,14 @@ def identify(name: str, parser_list: list) -> tuple[Sensor, str, dt.datetime] | 
         except ValueError:
             continue
         t = info[fmt.time_key] + dt.timedelta(seconds=fmt.time_offset_s)
+        cycle_minutes = sensor.cycle_minutes(fmt_name)  # ABI: the scan sector's own cycle
         if fmt.cycle_key:  # 1-based repeat cycle of the day; chunks late in the last cycle run past midnight
             day = dt.datetime(t.year, t.month, t.day)
             cycle = int(info[fmt.cycle_key])
-            slot = day + (cycle - 1) * dt.timedelta(minutes=sensor.repeat_cycle_minutes)
+            slot = day + (cycle - 1) * dt.timedelta(minutes=cycle_minutes)
             t = slot - dt.timedelta(days=1) if slot - t > dt.timedelta(hours=12) else slot
         elif sensor.kind == "geostationary":
-            t = _round_to_slot(t, sensor.repeat_cycle_minutes)
+            t = _round_to_slot(t, cycle_minutes)
         return sensor, fmt_name, t
     return None
 
@@ -130,9 +147,9 @@ class ArchiveIndex:
 
     def find(self, sensor: str, formats: list[str], when: dt.datetime,
              tolerance: dt.timedelta | None = None) -> SceneFiles:
-        """Nearest scene to ``when`` within ``tolerance`` (default: half a repeat cycle)."""
+        """Nearest scene to ``when`` within ``tolerance`` (default: half the formats' repeat cycle)."""
         s: Sensor = self.registry.sensor(sensor)
-        tol = tolerance if tolerance is not None else dt.timedelta(minutes=s.repeat_cycle_minutes / 2)
+        tol = tolerance if tolerance is not None else dt.timedelta(minutes=s.cycle_minutes(formats) / 2)
         times = self.times(sensor, formats)
         if not times:
             raise ArchiveError(f"{self.root}: no {sensor} ({'+'.join(formats)}) files in the archive")

@@ -4,8 +4,9 @@ In memory: an ``xarray.Dataset`` with one float32 variable per channel on ``(y, 
 off-disk/invalid, in the package's canonical orientation (row 0 north, column 0 west).
 
 * Geostationary scenes carry 1-D projection coordinates ``x``/``y`` [m] and a scalar grid-mapping
-  variable ``geostationary`` (CF ``grid_mapping_name: geostationary``); the exact window of the
-  full-disk grid is kept in ``grid_*`` global attributes so it rebuilds a :class:`GeosGrid`.
+  variable ``geostationary`` (CF ``grid_mapping_name: geostationary``, ``sweep_angle_axis`` and
+  ``crs_wkt`` as pyproj writes them); the exact window of the full-disk grid, sweep axis included,
+  is kept in ``grid_*`` global attributes so it rebuilds a :class:`GeosGrid`.
 * Swath scenes carry 2-D ``lat``/``lon`` coordinates instead.
 
 On disk: CF-1.10 NetCDF4 (HDF5) with zlib+shuffle compression, chunked, ``_FillValue`` NaN.  The
@@ -27,6 +28,8 @@ from .geometry import GeosGrid
 from .sensors import STANDARD_NAMES, Sensor
 
 GRID_MAPPING = "geostationary"
+# global attribute: the reflectance channels set to NaN at night when read (";"-joined names)
+NIGHT_MASKED = "night_masked_channels"
 
 
 def channel_attrs(sensor: Sensor, name: str) -> dict:
@@ -157,6 +160,9 @@ def read_scene(path: str | Path, channels: list[str] | None = None) -> xr.Datase
 
 
 def check_not_empty(ds: xr.Dataset, where: str) -> None:
+    """Every channel has a valid pixel, except one that is empty because it was read at night
+    (``night_masked_channels``): it had data, the sun gave it no signal."""
+    night = set(ds.attrs.get(NIGHT_MASKED, "").split(";"))
     for name in channel_names(ds):
-        if not np.isfinite(ds[name].values).any():
+        if name not in night and not np.isfinite(ds[name].values).any():
             raise InputError(f"{where}: channel {name} has no valid pixel (all NaN)")

@@ -53,6 +53,13 @@ class FileFormat:
     time_key: str = "start_time"
     time_offset_s: float = 0.0  # added to the file-name time to get the nominal slot
     cycle_key: str | None = None  # a repeat-cycle counter in the name (FCI) defines the slot instead
+    # the format's own repeat cycle where it differs from the sensor's (ABI: full disk 10 min,
+    # CONUS 5 min, mesoscale 1 min); slots and time tolerances follow it
+    repeat_cycle_minutes: float | None = None
+
+    def validate(self, where):
+        require(self.repeat_cycle_minutes is None or self.repeat_cycle_minutes > 0, where,
+                "repeat_cycle_minutes must be > 0")
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Sensor:
     sub_lon: float = 0.0
     full_disk: int = 0
     repeat_cycle_minutes: float = 15.0
+    # reflectance channels carry no signal where the sun is lower than this: read as NaN there
+    night_zenith_deg: float = 85.0
     name: str = ""
 
     def validate(self, where):
@@ -72,6 +81,18 @@ class Sensor:
         require(bool(self.formats), where, "formats: at least one file format required")
         for n, ch in self.channels.items():
             ch.name = n
+
+    def cycle_minutes(self, formats: str | list[str]) -> float:
+        """Repeat cycle of a scene read from ``formats``: the shortest of theirs (the sensor's where a
+        format has none), which bounds how far apart in time its files may be."""
+        fmts = [formats] if isinstance(formats, str) else formats
+        return min((self.file_format(f).repeat_cycle_minutes or self.repeat_cycle_minutes for f in fmts),
+                   default=self.repeat_cycle_minutes)
+
+    def file_format(self, name: str) -> FileFormat:
+        if name not in self.formats:
+            raise ConfigError(f"sensor {self.name}: unknown format '{name}' (known: {', '.join(self.formats)})")
+        return self.formats[name]
 
     def channel(self, name: str) -> Channel:
         if name not in self.channels:
@@ -100,9 +121,18 @@ class SensorPair:
     simulate: Simulation = field(default_factory=Simulation)
     name: str = ""
 
+    @property
+    def self_supervised(self) -> bool:
+        """One sensor on both sides: the LR input is the degradation of the HR band itself (no
+        cross-sensor differences, so no Stage 1 to learn them)."""
+        return self.lr == self.hr
+
     def validate(self, where):
         require(self.scale in (2, 3, 4, 8), where, f"scale: must be 2, 3, 4 or 8, got {self.scale}")
         require(len(self.channels) > 0, where, "channels: at least one (LR, HR) pair required")
+        if self.self_supervised:
+            require(all(a == b for a, b in self.channels), where,
+                    "channels: a self-supervised pair (lr == hr) maps every channel onto itself")
         n = len(self.channels)
         for key in ("spectral_gain", "spectral_offset"):
             v = getattr(self.simulate, key)
