@@ -104,12 +104,12 @@ def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
     def forward():
         sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        for _ in pipe.runner.run(lr, valid, tiles, origin):
+        for _ in pipe.runner.run(lr, tiles, origin):
             pass
         sync()
         return time.perf_counter() - t0
 
-    for _ in pipe.runner.run(lr, valid, tiles[:cfg.batch_size], origin):  # warm-up (allocator, kernels)
+    for _ in pipe.runner.run(lr, tiles[:cfg.batch_size], origin):  # warm-up (allocator, kernels)
         pass
     f1 = forward()
     t0 = time.perf_counter()

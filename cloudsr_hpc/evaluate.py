@@ -38,6 +38,10 @@ def run(cfg: EvaluateConfig, out_dir: str | Path, hr: str | None = None, scale: 
     from .evaluation.report import write_report
     registry = load_registry()
     methods, ref = load_methods(cfg)
+    pair = ref.get("pair") or ref.get("config", {}).get("data", {}).get("pair") or cfg.pair
+    if pair != cfg.pair:  # the checkpoints say what they super-resolve
+        log.info("evaluate: pair %s from the checkpoints (config says %s)", pair, cfg.pair)
+        cfg.pair = pair
     perceptual, label, note = perceptual_metric(cfg)
     if hr:
         ev = evaluate_scene(cfg, methods, ref, registry, hr, scale, perceptual)

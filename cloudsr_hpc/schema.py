@@ -25,7 +25,8 @@ class PairsConfig:
     compression: Literal["gzip", "lzf", "none"] = "gzip"
     compression_level: int = 4
     stage2_min_valid: float = 0.95     # HR-only patches (Stage 2)
-    holdout_every: int = 5             # every Nth slot goes to the validation split
+    holdout_every: int = 5             # every Nth slot (cross-sensor) / 1 in N spatial blocks (single-sensor) -> val
+    split_block_lr: int = 64           # single-sensor pairs: side of the spatial split blocks, LR pixels
     resampler_radius_hr_px: float = 2.0  # pyresample search radius, HR target pixels
 
     def validate(self, where):
@@ -34,6 +35,7 @@ class PairsConfig:
         require(0.0 < self.min_valid <= 1.0, where, "min_valid must be in (0, 1]")
         require(self.shard_size >= 1, where, "shard_size must be >= 1")
         require(self.holdout_every >= 2, where, "holdout_every must be >= 2")
+        require(self.split_block_lr >= self.patch_lr, where, "split_block_lr must be >= patch_lr (patches never straddle blocks)")
 
 
 @dataclass

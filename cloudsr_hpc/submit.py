@@ -99,12 +99,15 @@ def cmd_find(args) -> int:
 
 
 def cmd_read(args) -> int:
+    from .data.index import formats_of
     from .data.readers import read_files
     from .data.scene import write_scene
     reg = _registry(args)
     sensor = reg.sensor(args.sensor)
-    fmts = args.format or list(sensor.formats)[:1]
-    ds = read_files(args.files, sensor, fmts, args.channels or list(sensor.channels))
+    # the format from the file names (an ABI mesoscale file is not CONUS); the first one for names no
+    # pattern knows; channels: all the files hold unless given
+    fmts = args.format or formats_of(args.files, sensor, reg) or list(sensor.formats)[:1]
+    ds = read_files(args.files, sensor, fmts, args.channels or None)
     write_scene(ds, args.out)
     print(args.out)
     return 0
@@ -322,38 +325,55 @@ def cmd_weights(args) -> int:
 DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "diffusion.steps=2", "train.batch_size=8",
               "train.lr=5e-4", "train.val_every=1000"]
 DEMO_STEPS = 150
+REAL_DEMO_STEPS = 600  # the real-data demo (configs/stage2_abi.yaml, regression_abi.yaml): see README
+
+
+def _train_demo_models(runs: Path, shards: Path, models: list[tuple[str, str, list[str]]], pair: str) -> dict[str, Path]:
+    """Train each (name, config, extra overrides) of the demo recipe unless its export exists."""
+    import subprocess
+    for name, config, extra in models:
+        if (runs / name / "export" / "model.pt").exists():
+            continue
+        log.info("demo: training %s", name)
+        cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config)),
+               "--set", f"data.shards={shards}", "--set", f"train.out_dir={runs / name}", "--set", f"data.pair={pair}"]
+        cmd += [a for kv in extra for a in ("--set", kv)]
+        if subprocess.run(cmd).returncode:
+            raise CloudSRError(f"demo: training {name} failed (see the log above)")
+    return {name: runs / name / "export" / "model.pt" for name, _, _ in models}
+
+
+def _demo_evaluation(root: Path, pair: str, val: Path, seed: int, ck: dict[str, Path], extra: list[str] = ()) -> Path:
+    from .evaluate import run as evaluate
+    from .schema import EvaluateConfig
+    cfg = load(EvaluateConfig, "evaluate.yaml", [f"pair={pair}", f"pairs={val}", f"seed={seed}", *extra,
+                                                  *(f"{k}_checkpoint={v}" for k, v in ck.items())])
+    return Path(evaluate(cfg, root / "evaluation")["outputs"]["markdown"])
 
 
 def cmd_demo(args) -> int:
     """The embedded default end to end, no cluster: synthetic archive -> training shards -> tiny
     Stage 1, Stage 2 and regression models -> a local reprocessing campaign of the last slots
-    (stitched NetCDF + quicklooks) -> held-out metrics table.  Steps whose results exist are kept."""
-    import subprocess
+    (stitched NetCDF + quicklooks) -> held-out metrics table.  Steps whose results exist are kept.
+    With a single-sensor pair and ``--archive`` (real files), :func:`demo_real` instead."""
+    if _registry(args).pair(args.pair).self_supervised:
+        return demo_real(args)
     root = Path(args.out).resolve()
     archive, shards, runs = root / "archive", root / "pairs" / args.pair, root / "runs"
     common = ["--sensors", args.sensors, "--set", f"synth.seed={args.seed}"]
     if not archive.exists() and main(["synth", "--pair", args.pair, "--start", "2024-06-01T11:00", "--end",
                                       "2024-06-01T12:45", "--archive", str(archive), *common]):
         return 2
-    if not (shards / "val").exists() and main(["pairs", "--pair", args.pair, "--archive", str(archive),
+    if not any((shards / "val").glob("*.h5")) and main(["pairs", "--pair", args.pair, "--archive", str(archive),
                                                "--out", str(shards), *common]):
         return 2
     from .evaluation.plots import pairs_quicklook
     pairs_quicklook(sorted((shards / "train").glob("pairs-*.h5"))[0], root / "quicklook_pairs.png")
-    for name, config, extra in (("stage1", "stage1.yaml", ["init_from=null"]),
-                                ("stage2", "stage2.yaml", [f"init_from={runs / 'stage1' / 'export' / 'model.pt'}"]),
-                                ("regression", "regression.yaml", [])):
-        n = args.steps * (2 if name == "stage2" else 1)
-        steps = [f"train.steps={n}", f"train.ckpt_every={n}", f"data.pair={args.pair}"]
-        if (runs / name / "export" / "model.pt").exists():
-            continue
-        log.info("demo: training %s (%d CPU steps)", name, n)
-        cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config)),
-               "--set", f"data.shards={shards}", "--set", f"train.out_dir={runs / name}"]
-        cmd += [a for kv in DEMO_MODEL + steps + extra for a in ("--set", kv)]
-        if subprocess.run(cmd).returncode:
-            raise CloudSRError(f"demo: training {name} failed (see the log above)")
-    ck = {k: runs / k / "export" / "model.pt" for k in ("stage1", "stage2", "regression")}
+    steps = lambda n: [f"train.steps={n}", f"train.ckpt_every={n}"]  # noqa: E731
+    ck = _train_demo_models(runs, shards, [
+        ("stage1", "stage1.yaml", DEMO_MODEL + steps(args.steps) + ["init_from=null"]),
+        ("stage2", "stage2.yaml", DEMO_MODEL + steps(2 * args.steps) + [f"init_from={runs / 'stage1' / 'export' / 'model.pt'}"]),
+        ("regression", "regression.yaml", DEMO_MODEL + steps(args.steps))], args.pair)
     rc = main(["campaign", "--name", "demo", "--root", str(root / "campaigns"), "--pair", args.pair,
                "--start", "2024-06-01T12:30", "--end", "2024-06-01T12:45", "--archive", str(archive),
                "--executor", "local", "--workers", "2", "--sensors", args.sensors, "--set", "cpu_threads=1",
@@ -363,14 +383,51 @@ def cmd_demo(args) -> int:
                "--set", "overlap_lr=16", "--set", "chunk=256"])
     if rc:
         return rc
-    from .evaluate import run as evaluate
-    from .schema import EvaluateConfig
-    cfg = load(EvaluateConfig, "evaluate.yaml", [f"pair={args.pair}", f"pairs={shards / 'val'}", f"seed={args.seed}",
-                                                  *(f"{k}_checkpoint={v}" for k, v in ck.items())])
-    table = Path(evaluate(cfg, root / "evaluation")["outputs"]["markdown"])
+    table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck)
     print(json.dumps({"archive": str(archive), "shards": str(shards), "models": {k: str(v) for k, v in ck.items()},
                       "outputs": str(root / "campaigns" / "demo" / "output"), "evaluation": str(table.parent),
                       "quicklook_pairs": str(root / "quicklook_pairs.png")}))
+    return 0
+
+
+def demo_real(args) -> int:
+    """A single-sensor pair on real files (``--pair abi_abi --archive ../shared/data/abi-real``):
+    HR shards cut from the archive's scenes and split by space -> Stage 2 and the regression
+    baseline trained on them (self-supervised: LR = degraded HR) -> the latest scene read to
+    canonical NetCDF and super-resolved x scale -> the held-out (val) blocks scored."""
+    if not args.archive:
+        raise CloudSRError(f"demo --pair {args.pair}: a single-sensor pair needs --archive (real files)")
+    from .data.index import ArchiveIndex
+    from .config import config_path as _cp
+    reg = _registry(args)
+    pair = reg.pair(args.pair)
+    root = Path(args.out).resolve()
+    archive = Path(args.archive).resolve()
+    shards, runs = root / "pairs" / args.pair, root / "runs"
+    if not any((shards / "val").glob("*.h5")) and main(["pairs", "--pair", args.pair, "--archive", str(archive),
+                                               "--out", str(shards), "--config", "pairs_abi.yaml", "--sensors", args.sensors]):
+        return 2
+    n = args.steps if args.steps != DEMO_STEPS else REAL_DEMO_STEPS
+    steps = [f"train.steps={n}", f"train.ckpt_every={n}"]
+    ck = _train_demo_models(runs, shards, [("stage2", "stage2_abi.yaml", steps), ("regression", "regression_abi.yaml", steps)],
+                            args.pair)
+    scene_files = ArchiveIndex(archive, reg).between(pair.hr, pair.hr_formats, dt.datetime.min, dt.datetime.max)[-1]
+    scene = root / "scenes" / f"{pair.hr}_{scene_files.time:%Y%m%dT%H%M}.nc"
+    if not scene.exists() and main(["read", *map(str, scene_files.files), "--sensor", pair.hr, "--out", str(scene),
+                                    "--channels", *pair.hr_channels, "--sensors", args.sensors]):
+        return 2
+    import subprocess
+    infer_dir = root / "infer"
+    if not list(infer_dir.glob("cloudsr_*.nc")):
+        cmd = [sys.executable, "-m", "cloudsr_hpc.infer", "--input", str(scene), "--out", str(infer_dir),
+               "--config", str(_cp("infer.yaml")), "--set", f"pair={args.pair}", "--set", "stages=2",
+               "--set", f"stage2_checkpoint={ck['stage2']}", "--set", "tile_lr=96", "--set", "overlap_lr=8",
+               "--set", "chunk=512"]
+        if subprocess.run(cmd).returncode:
+            raise CloudSRError("demo: inference of the real scene failed (see the log above)")
+    table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck, ["methods=[bicubic,regression,stage2]"])
+    print(json.dumps({"archive": str(archive), "shards": str(shards), "models": {k: str(v) for k, v in ck.items()},
+                      "scene": str(scene), "outputs": str(infer_dir), "evaluation": str(table.parent)}))
     return 0
 
 
@@ -423,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("read", cmd_read, "read one scene through satpy into canonical CF NetCDF")
     sp.add_argument("files", nargs="+")
     sp.add_argument("--sensor", required=True)
-    sp.add_argument("--format", action="append")
-    sp.add_argument("--channels", nargs="*")
+    sp.add_argument("--format", action="append", help="file format(s) of the sensor (default: from the file names)")
+    sp.add_argument("--channels", nargs="*", help="default: every channel of the sensor that the files hold")
     sp.add_argument("--out", required=True)
 
     sp = add("config", cmd_config, "validate and print a config (with overrides)")
@@ -510,7 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="demo", help="output root (default: ./demo)")
     sp.add_argument("--pair", default="seviri_viirs")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--steps", type=int, default=DEMO_STEPS, help="CPU training steps per model (Stage 2: twice)")
+    sp.add_argument("--steps", type=int, default=DEMO_STEPS, help="CPU training steps per model (synthetic: Stage 2 "
+                    f"twice; real-data demo default {REAL_DEMO_STEPS})")
+    sp.add_argument("--archive", help="real files of a single-sensor pair (e.g. --pair abi_abi --archive "
+                    "../shared/data/abi-real): the real-data demo")
     return p
 
 

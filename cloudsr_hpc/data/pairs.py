@@ -8,6 +8,11 @@ For every LR slot with an HR scene within ``max_dt_minutes``:
   4. slide a ``patch_lr`` window with ``stride_lr``; keep patches whose LR and HR are at least
      ``min_valid`` valid -> ``pairs`` shards (Stage 1); HR-only patches -> ``hr`` shards (Stage 2).
 Every ``holdout_every``-th slot goes to the ``val`` split.
+
+A single-sensor pair (``abi_abi``: HR = the sensor's own bands, LR = their degradation) has no LR
+scene: its HR scenes are cut into ``hr`` shards only, split by space (hashed blocks of the
+full-disk grid), and Stage 2 / the regression degrade them on the fly.  Re-running rewrites the
+same shard names and removes shards it did not write: patches are never duplicated.
 """
 from __future__ import annotations
 
@@ -185,6 +190,53 @@ class PairBuilder:
         hr_arr = np.stack([hr_vals[c] for c in self.pair.hr_channels])
         return lr_arr, hr_arr, grid
 
+    def cross_sensor_patches(self, n: int, lr_files, hr_files):
+        """(split, HR patch, LR patch or None, row, col) of one co-located LR/HR scene pair; every
+        ``holdout_every``-th slot is held out."""
+        got = self.colocate(lr_files, hr_files)
+        if got is None:
+            raise InputError(f"{lr_files.time.isoformat()}: HR scene does not overlap the LR window")
+        lr, hr, grid = got
+        c, s, p = self.cfg, self.pair.scale, self.cfg.patch_lr
+        split = "val" if n % c.holdout_every == c.holdout_every - 1 else "train"
+        for r in window_starts(grid.nrows, p, c.stride_lr):
+            for q in window_starts(grid.ncols, p, c.stride_lr):
+                lp = lr[:, r:r + p, q:q + p]
+                yield split, hr[:, r * s:(r + p) * s, q * s:(q + p) * s], lp, grid.row0 + r, grid.col0 + q
+
+    def self_supervised_patches(self, files):
+        """(split, HR patch, None, HR row, HR col) of one scene of a single-sensor pair (Stage 2 and
+        the regression make their LR by degradation).  The split is by space: the full-disk grid
+        is cut into ``split_block_lr * scale`` HR-pixel blocks, a hash of a block's index sends it to
+        ``val`` (1 in ``holdout_every``), and patches never straddle blocks, so no pixel is in both
+        splits and a block's split does not depend on the window or date range asked for."""
+        hr = read_files(files.files, self.hr_sensor, self.pair.hr_formats, self.pair.hr_channels)
+        grid = scene_grid(hr)
+        if grid is None:
+            raise InputError(f"{files.files[0]}: a self-supervised pair needs a geostationary scene")
+        arr = np.stack([hr[ch].values for ch in self.pair.hr_channels])
+        c, s = self.cfg, self.pair.scale
+        size, stride, block = c.patch_lr * s, c.stride_lr * s, c.split_block_lr * s
+        for br, rows in _blocks(grid.row0, grid.nrows, block):
+            for bc, cols in _blocks(grid.col0, grid.ncols, block):
+                split = "val" if split_hash(br, bc) % c.holdout_every == 0 else "train"
+                for r in window_starts(rows.stop - rows.start, size, stride):
+                    for q in window_starts(cols.stop - cols.start, size, stride):
+                        r0, q0 = rows.start + r, cols.start + q
+                        yield split, arr[:, r0:r0 + size, q0:q0 + size], None, grid.row0 + r0, grid.col0 + q0
+
+    def scenes(self, start: dt.datetime | None, end: dt.datetime | None) -> list[tuple]:
+        """What each patch source needs: (LR files, HR files) matches, or the HR scenes of a
+        single-sensor pair."""
+        if not self.pair.self_supervised:
+            return self.matches(start, end)
+        times = [t for t in self.index.times(self.pair.hr, self.pair.hr_formats)
+                 if not ((start and t < start) or (end and t > end))]
+        if not times:
+            raise ArchiveError(f"{self.index.root}: no {self.pair.hr} ({'+'.join(self.pair.hr_formats)}) scenes "
+                               f"for pair {self.pair.name}")
+        return [(self.index.scene(self.pair.hr, self.pair.hr_formats, t),) for t in times]
+
     def run(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> PairStats:
         t0 = time.perf_counter()
         stats = PairStats()
@@ -193,37 +245,53 @@ class PairBuilder:
         writers = {(split, kind): ShardWriter(self.out / split, kind, c.shard_size, attrs, c.compression,
                                               c.compression_level)
                    for split in ("train", "val") for kind in ("pairs", "hr")}
-        s, p = self.pair.scale, c.patch_lr
-        for n, (lr_files, hr_files) in enumerate(self.matches(start, end)):
-            split = "val" if n % c.holdout_every == c.holdout_every - 1 else "train"
+        for n, item in enumerate(self.scenes(start, end)):
+            patches = (self.self_supervised_patches(*item) if self.pair.self_supervised
+                       else self.cross_sensor_patches(n, *item))
+            when = item[0].time
+            sources = [f.name for files in item for f in files.files]
             try:
-                got = self.colocate(lr_files, hr_files)
+                for split, hp, lp, row, col in patches:
+                    # a pixel counts where any channel is valid: a reflectance channel at night is
+                    # masked per channel in training, the brightness temperatures still teach
+                    hr_ok = np.isfinite(hp).any(axis=0).mean()
+                    if hr_ok >= c.stage2_min_valid:
+                        writers[(split, "hr")].add(hp, when, row, col, sources)
+                        stats.hr_patches += 1
+                    if lp is not None and hr_ok >= c.min_valid and np.isfinite(lp).any(axis=0).mean() >= c.min_valid:
+                        writers[(split, "pairs")].add(hp, when, row, col, sources, lr=lp)
+                        stats.pairs += 1
             except CloudSRError as e:  # one bad scene never stops the run: record it, go on
                 log.error("%s", e)
                 stats.skipped.append(str(e))
                 continue
-            if got is None:
-                stats.skipped.append(f"{lr_files.time.isoformat()}: HR scene does not overlap the LR window")
-                continue
-            lr, hr, grid = got
             stats.slots += 1
-            sources = [f.name for f in lr_files.files + hr_files.files]
-            for r in window_starts(grid.nrows, p, c.stride_lr):
-                for q in window_starts(grid.ncols, p, c.stride_lr):
-                    lp = lr[:, r:r + p, q:q + p]
-                    hp = hr[:, r * s:(r + p) * s, q * s:(q + p) * s]
-                    hr_ok = np.isfinite(hp).all(axis=0).mean()
-                    if hr_ok >= c.stage2_min_valid:
-                        writers[(split, "hr")].add(hp, lr_files.time, grid.row0 + r, grid.col0 + q, sources)
-                        stats.hr_patches += 1
-                    if hr_ok >= c.min_valid and np.isfinite(lp).all(axis=0).mean() >= c.min_valid:
-                        writers[(split, "pairs")].add(hp, lr_files.time, grid.row0 + r, grid.col0 + q, sources, lr=lp)
-                        stats.pairs += 1
         for w in writers.values():
             w.flush()
+            w.remove_stale()
             stats.shards += [str(x) for x in w.written]
         stats.seconds = time.perf_counter() - t0
-        if stats.pairs == 0:
-            raise InputError(f"{self.index.root}: no valid {self.pair.name} pairs found "
+        if stats.pairs + stats.hr_patches * self.pair.self_supervised == 0:
+            raise InputError(f"{self.index.root}: no valid {self.pair.name} "
+                             f"{'patches' if self.pair.self_supervised else 'pairs'} found "
                              f"({len(stats.skipped)} scene(s) skipped)")
         return stats
+
+
+def split_hash(*key: int) -> int:
+    """A deterministic 64-bit hash of integers (splitmix64 finaliser), independent of Python's
+    per-process ``hash`` salt and of the order patches are cut in."""
+    z = 0x9E3779B97F4A7C15
+    for k in key:
+        z = (z + (k & 0xFFFFFFFFFFFFFFFF) * 0xBF58476D1CE4E5B9 + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+    return z
+
+
+def _blocks(offset: int, n: int, block: int):
+    """(global block index, local slice) of the ``block``-pixel blocks of the full-disk grid that a
+    window of ``n`` pixels starting at global pixel ``offset`` overlaps."""
+    for b in range(offset // block, -(-(offset + n) // block)):
+        yield b, slice(max(0, b * block - offset), min(n, (b + 1) * block - offset))

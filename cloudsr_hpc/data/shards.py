@@ -35,7 +35,7 @@ class ShardWriter:
         self.count = 0
         self.written: list[Path] = []
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._next = len(list(self.out_dir.glob(f"{kind}-*.h5")))
+        self._next = 0  # a re-run rewrites the same names (each replaced atomically): never duplicates
 
     def add(self, hr: np.ndarray, when: dt.datetime, row: int, col: int, sources: list[str],
             lr: np.ndarray | None = None) -> None:
@@ -84,6 +84,15 @@ class ShardWriter:
         self.buf = {k: [] for k in self.buf}
         self.sources = []
         return path
+
+
+    def remove_stale(self) -> list[Path]:
+        """Delete this kind's shards in the directory that this run did not write (left by an earlier
+        run over more scenes): the directory then holds exactly this run's patches."""
+        stale = sorted(set(self.out_dir.glob(f"{self.kind}-*.h5")) - set(self.written))
+        for p in stale:
+            p.unlink()
+        return stale
 
 
 def shard_attrs(path: Path) -> dict:

@@ -26,7 +26,7 @@ import torch
 from ..config import build
 from ..data.degradations import Degradation
 from ..errors import ConfigError, InputError
-from ..models.cascade import Cascade, Stage, upsample_condition
+from ..models.cascade import Cascade, Stage, channel_fill, upsample_condition
 from ..models.diffusion import GlobalNoise
 from ..inference.pipeline import denormalise, peak_rss_mb
 from ..schema import DegradationConfig, EvaluateConfig
@@ -57,7 +57,8 @@ class Bicubic:
         return "bicubic"
 
     def __call__(self, lr, lr_mask, origins):
-        return upsample_condition(lr, lr_mask, self.scale)
+        y, m = upsample_condition(lr, lr_mask, self.scale)
+        return channel_fill(y, lr_mask, self.scale), m
 
 
 def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade], dict]:
@@ -119,10 +120,27 @@ def _finish(ev: Evaluation, sums: dict[str, ScoreSums]) -> Evaluation:
     return ev
 
 
+def training_degradation(methods: dict) -> DegradationConfig:
+    """The degradation the models learned from: Stage 2's when one is evaluated, else the first
+    stage's (the regression of a single-sensor pair trains on degraded HR too), else the default."""
+    stages = [st for m in methods.values() for st in m.stages]
+    ref = next((st for st in stages if st.meta.get("stage") == 2), stages[0] if stages else None)
+    return build(DegradationConfig, ref.meta.get("config", {}).get("data", {}).get("degradation", {})
+                 if ref else {}, "degradation")
+
+
+def held_out_dataset(cfg: EvaluateConfig, methods: dict):
+    """The held-out split: real LR/HR pairs, or (a single-sensor pair's ``hr`` shards) HR patches
+    degraded as in training, with a fixed epoch so every run scores the same LR."""
+    from ..data.datasets import DegradedHRDataset, PairDataset
+    if any(Path(cfg.pairs).glob("pairs-*.h5")):
+        return PairDataset(cfg.pairs)
+    return DegradedHRDataset(cfg.pairs, training_degradation(methods), epoch=0)
+
+
 def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None) -> Evaluation:
     """Held-out pairs: each method against the HR truth, batch by batch."""
-    from ..data.datasets import PairDataset
-    val = PairDataset(cfg.pairs)
+    val = held_out_dataset(cfg, methods)
     norm_lr, norm_hr = (val.lo_lr, val.hi_lr), (val.lo, val.hi)
     chans = list(val.attrs["hr_channels"])
     first = next(iter(methods.values()))
@@ -143,7 +161,7 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
             x = renorm(b["lr"], norm_lr, meth.input_norm()) * b["lr_mask"]
             pred, m = meth(x, b["lr_mask"], origins)
             pred = renorm(pred, meth.output_norm(), norm_hr)
-            sums[name].add(pred, b["hr"], m * b["hr_mask"].amin(dim=1, keepdim=True))
+            sums[name].add(pred.nan_to_num(), b["hr"], m * b["hr_mask"] * pred.isfinite())
             if ex in idx:
                 ev.example[name] = denormalise(pred[idx.index(ex)].numpy(), *norm_hr)
         if ex in idx:
@@ -168,14 +186,16 @@ def bound_chunk_cache(nc, channels: list[str]) -> None:
 
 
 def _read_rows(nc, channels: list[str], a: int, b: int, width: int, norm) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised HR rows [a, b) (C, b - a, width) with invalid pixels 0, and validity (b - a, width)."""
+    """Normalised HR rows [a, b) (C, b - a, width), NaN where a channel is invalid, and the pixel
+    validity (b - a, width): any channel valid."""
     from ..inference.pipeline import normalise
     vals = np.stack([np.ma.filled(nc[c][a:b, :width].astype(np.float32), np.nan) for c in channels])
     return normalise(vals, *norm, out=vals)
 
 
 def degrade_scene(nc, channels, shape_hr, norm, dcfg: DegradationConfig, scale: int, seed: int, band: int):
-    """Stage 2's degradation of the whole HR scene, band by band: (normalised LR, LR validity, params).
+    """Stage 2's degradation of the whole HR scene, band by band: (normalised LR with NaN where a
+    channel is invalid, LR pixel validity, params).
     Bands carry halo rows covering the PSF and shift, and the noise is keyed by LR position, so the
     LR does not depend on the band size."""
     h, w = shape_hr
@@ -189,14 +209,15 @@ def degrade_scene(nc, channels, shape_hr, norm, dcfg: DegradationConfig, scale: 
     for a in range(0, h, band):
         b = min(h, a + band)
         a0, b0 = max(0, a - halo), min(h, b + halo)
-        x, v = _read_rows(nc, channels, a0, b0, w, norm)
+        x, _ = _read_rows(nc, channels, a0, b0, w, norm)
         eps = noise.field(0, len(channels), a0 // scale, 0, (b0 - a0) // scale, w // scale)
         r, n = (a - a0) // scale, (b - a) // scale
-        vm = torch.from_numpy(v[None].astype(np.float32))
         for c in range(len(channels)):  # channel by channel: the band's temporaries stay small
-            out, m, _ = deg(torch.from_numpy(x[c:c + 1]), vm, None, params, eps[c:c + 1])
-            lr[c, a // scale:b // scale] = out[0, r:r + n].numpy()
-        valid[a // scale:b // scale] = m[0, r:r + n].numpy() > 0
+            vm = torch.from_numpy(np.isfinite(x[c:c + 1]).astype(np.float32))
+            out, m, _ = deg(torch.from_numpy(np.nan_to_num(x[c:c + 1])), vm, None, params, eps[c:c + 1])
+            ok = m[0, r:r + n].numpy() > 0
+            lr[c, a // scale:b // scale] = np.where(ok, out[0, r:r + n].numpy(), np.nan)
+            valid[a // scale:b // scale] |= ok
     return lr, valid, params
 
 
@@ -233,10 +254,7 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
     if scale is not None and scale != s:
         raise InputError(f"--scale {scale}: the checkpoints super-resolve x{s}")
     norm = tuple(ref_meta["norm_hr"])
-    # Stage 2's own training degradation when a Stage 2 is evaluated, else the default one
-    stage2 = next((st for m in methods.values() for st in m.stages if st.meta.get("stage") == 2), None)
-    dcfg = build(DegradationConfig, stage2.meta.get("config", {}).get("data", {}).get("degradation", {})
-                 if stage2 else {}, "degradation")
+    dcfg = training_degradation(methods)
     if cfg.band_rows % (8 * s):
         raise ConfigError(f"evaluate.band_rows: {cfg.band_rows} must be a multiple of 8 x scale = {8 * s}")
     if cfg.cpu_threads > 0:
@@ -285,19 +303,19 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
             runner = TileRunner(meth, device, cfg.batch_size)
             blend = blend_geometry(cfg.overlap_lr * s, meth.receptive_margin_hr())
             x = renorm(lr, norm, meth.input_norm())
-            x[:, ~lr_valid] = 0.0
-            stream = stitch_rows(runner.run(x, lr_valid, tiles), lr_valid.shape, s, blend, len(chans), 0, h,
+            stream = stitch_rows(runner.run(x, tiles), lr_valid.shape, s, blend, len(chans), 0, h,
                                  cfg.band_rows, tile_rows)
             zoom_rows = np.full((len(chans), zoom * s, zoom * s), np.nan, np.float32)
             for row, blk, (ta, tb) in with_halo(stream, sc.halo):
-                hr, hv = _read_rows(nc, chans, row, row + blk.shape[1], w, norm)
+                hr, _ = _read_rows(nc, chans, row, row + blk.shape[1], w, norm)
                 pred = renorm(np.nan_to_num(blk), meth.output_norm(), norm)
-                mask = (hv & np.isfinite(blk).all(axis=0)).astype(np.float32)
-                sc.add(torch.from_numpy(pred)[None], torch.from_numpy(hr)[None], torch.from_numpy(mask)[None, None], (ta, tb))
+                mask = (np.isfinite(hr) & np.isfinite(blk)).astype(np.float32)  # per channel
+                sc.add(torch.from_numpy(pred)[None], torch.from_numpy(np.nan_to_num(hr))[None],
+                       torch.from_numpy(mask)[None], (ta, tb))
                 lo_r, hi_r = max(row + ta, hz[0].start), min(row + tb, hz[0].stop)
                 if lo_r < hi_r:
                     zoom_rows[:, lo_r - hz[0].start:hi_r - hz[0].start] = np.where(
-                        mask[None, lo_r - row:hi_r - row, hz[1]] > 0, pred[:, lo_r - row:hi_r - row, hz[1]], np.nan)
+                        mask[:, lo_r - row:hi_r - row, hz[1]] > 0, pred[:, lo_r - row:hi_r - row, hz[1]], np.nan)
             ev.example[name] = denormalise(zoom_rows, *norm)
             log.info("scored %s over %dx%d HR pixels; peak RSS %d MB", name, h, w, peak_rss_mb())
         ev.info["peak_rss_mb"] = peak_rss_mb()

@@ -56,7 +56,8 @@ class ScoreSums:
         self.ssim, self.ssim_n = z(c), z(c)
         self.gp, self.gt = z(c), z(c)
         nk = cfg.spectrum_tile // 2
-        self.psd_p, self.psd_t, self.psd_n = z(c, nk), z(c, nk), 0
+        self.quantities = quantities
+        self.psd_p, self.psd_t, self.psd_n = z(c, nk), z(c, nk), z(c)
         self.fss_num = {w: z(len(self.events)) for w in cfg.fss.windows}
         self.fss_den = {w: z(len(self.events)) for w in cfg.fss.windows}
         self.lp, self.lp_n = z(c), z(c)
@@ -68,33 +69,37 @@ class ScoreSums:
 
     @torch.no_grad()
     def add(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, rows: tuple[int, int] | None = None):
-        """Add (N, C, H, W) normalised blocks; ``rows`` = the rows this block owns (others are halo)."""
+        """Add (N, C, H, W) normalised blocks; ``mask`` (N, 1 or C, H, W) is the validity of every
+        channel or of each (a reflectance channel at night has none); ``rows`` = the rows this block
+        owns (others are halo)."""
         pred, target, mask = pred.float(), target.float(), mask.float()
         own = slice(*rows) if rows else slice(None)
+        per_channel = mask.shape[1] > 1
         for c in range(pred.shape[1]):  # channel by channel: a full-disk band's temporaries stay small
             p, t = pred[:, c:c + 1], target[:, c:c + 1]
-            for acc, (a, b) in (((self.sq, self.n), M.squared_error_sums(p, t, mask, rows)),
-                                ((self.ssim, self.ssim_n), M.ssim_sums(p, t, mask, rows, self.cfg.data_range)),
-                                ((self.gp, self.gt), M.gradient_sums(p, t, mask, rows))):
+            m = mask[:, c:c + 1] if per_channel else mask
+            for acc, (a, b) in (((self.sq, self.n), M.squared_error_sums(p, t, m, rows)),
+                                ((self.ssim, self.ssim_n), M.ssim_sums(p, t, m, rows, self.cfg.data_range)),
+                                ((self.gp, self.gt), M.gradient_sums(p, t, m, rows))):
                 acc[0][c] += a[0]
                 acc[1][c] += b[0]
-            tiles = M.cut_tiles(self.cfg.spectrum_tile, p[..., own, :], t[..., own, :], mask[..., own, :])
+            tiles = M.cut_tiles(self.cfg.spectrum_tile, p[..., own, :], t[..., own, :], m[..., own, :])
             if tiles is None:
                 continue
             sp, st, n_tiles = M.spectrum_sums(*tiles)
             self.psd_p[c] += sp[0]
             self.psd_t[c] += st[0]
+            self.psd_n[c] += n_tiles
             if self.perceptual is not None:
                 lp, n = self.perceptual.per_channel(*tiles)
                 self.lp[c] += lp[0]
                 self.lp_n[c] += n[0]
-        if tiles is not None:
-            self.psd_n += n_tiles  # the same tiles for every channel (validity is shared)
         for i, e in enumerate(self.events):  # one event at a time: float64 box sums of a band are large
             ev_p, ev_t = ((x[:, e.channel:e.channel + 1] < e.norm_threshold) if e.below else
                           (x[:, e.channel:e.channel + 1] > e.norm_threshold) for x in (pred, target))
             for w in self.cfg.fss.windows:
-                num, den = M.fss_sums(ev_p.float(), ev_t.float(), mask, w, rows)
+                m = mask[:, e.channel:e.channel + 1] if per_channel else mask
+                num, den = M.fss_sums(ev_p.float(), ev_t.float(), m, w, rows)
                 self.fss_num[w][i] += num[0]
                 self.fss_den[w][i] += den[0]
 
@@ -102,7 +107,7 @@ class ScoreSums:
     def spectra(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(k cycles/px, mean SR PSD (C, K), mean HR PSD (C, K))."""
         _, k = M.radial_bins(self.cfg.spectrum_tile)
-        n = max(self.psd_n, 1)
+        n = self.psd_n.clamp_min(1)[:, None]
         return k, (self.psd_p / n).numpy(), (self.psd_t / n).numpy()
 
     def result(self) -> dict:
@@ -117,7 +122,7 @@ class ScoreSums:
             "psnr": M.psnr_from(self.sq, self.n, self.cfg.data_range).numpy(),
             "ssim": (self.ssim / self.ssim_n).numpy(),
             "grad": (self.gp / self.gt).numpy(),
-            "spectrum": spec_c if self.psd_n else np.full(len(self.channels), nan),
+            "spectrum": np.where(self.psd_n.numpy() > 0, spec_c, nan),
             "lpips": (self.lp / self.lp_n).numpy() if self.perceptual is not None else np.full(len(self.channels), nan),
         }
         fss_ev = {w: 1.0 - (self.fss_num[w] / self.fss_den[w]).numpy() for w in self.cfg.fss.windows}
@@ -129,7 +134,7 @@ class ScoreSums:
             "psnr": float(M.psnr_from(self.sq.sum(), self.n.sum(), self.cfg.data_range)),
             "ssim": float(self.ssim.sum() / self.ssim_n.sum()),
             "grad": float(self.gp.sum() / self.gt.sum()),
-            "spectrum": float(spec_all) if self.psd_n else nan,
+            "spectrum": float(spec_all) if float(self.psd_n.sum()) else nan,
             "lpips": float(np.nanmean(per["lpips"])) if self.perceptual is not None and float(self.lp_n.sum()) else None,
             "fss": {w: float(np.nanmean(v)) if len(v) else nan for w, v in fss_ev.items()},
         }
@@ -138,5 +143,19 @@ class ScoreSums:
                              for c, name in enumerate(self.channels)},
                 "fss_events": {f"{self.channels[e.channel]} {e.label}": {w: float(fss_ev[w][i]) for w in fss_ev}
                                for i, e in enumerate(self.events)},
-                "tiles": {"spectrum": self.psd_n, "lpips": int(self.lp_n.max()) if self.perceptual is not None else 0}}
+                "groups": self.groups(per),
+                "tiles": {"spectrum": int(self.psd_n.max()), "lpips": int(self.lp_n.max()) if self.perceptual is not None else 0}}
+
+    def groups(self, per: dict) -> dict:
+        """Mean of the per-channel PSNR, SSIM and gradient ratio over the channels of each quantity
+        that have valid pixels (e.g. the brightness-temperature bands), and which channels had none."""
+        out = {}
+        for q in sorted(set(self.quantities)):
+            idx = [c for c, qq in enumerate(self.quantities) if qq == q and float(self.n[c]) > 0]
+            out[q] = {"channels": [self.channels[c] for c in idx],
+                      "no_valid_pixel": [self.channels[c] for c, qq in enumerate(self.quantities)
+                                         if qq == q and float(self.n[c]) == 0],
+                      **{m: float(np.mean([per[m][c] for c in idx])) if idx else float("nan")
+                         for m in ("psnr", "ssim", "grad")}}
+        return out
 

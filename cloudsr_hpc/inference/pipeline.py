@@ -92,17 +92,17 @@ def read_input(files: list[str | Path], registry: Registry, sensor_name: str, ch
 
 
 def normalise(values: np.ndarray, lo, hi, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Physical (C, H, W) -> ([-1, 1] with invalid pixels 0, validity (H, W) of all channels);
+    """Physical (C, H, W) -> ([-1, 1], NaN kept where a channel is invalid; pixel validity (H, W):
+    any channel valid).  NaN carries each channel's own validity to the tiles (a reflectance channel
+    at night is fill while the brightness temperatures beside it are super-resolved);
     ``out=values`` normalises in place (a full disk is 275 MB per copy)."""
-    valid = np.ones(values.shape[1:], bool)
-    for ch in values:
-        valid &= np.isfinite(ch)
+    valid = np.zeros(values.shape[1:], bool)
     x = np.empty(values.shape, np.float32) if out is None else out
     for c, (l, h) in enumerate(zip(lo, hi)):  # channel by channel: no scene-sized temporaries
+        valid |= np.isfinite(values[c])
         np.subtract(values[c], np.float32(l), out=x[c])
         x[c] *= np.float32(2.0 / (h - l))
         x[c] -= np.float32(1.0)
-        x[c][~valid] = 0.0
     return x, valid
 
 
@@ -360,7 +360,7 @@ class ScenePipeline:
                 yield r
 
         try:
-            results = counted(self.runner.run(lr, valid, tiles, origin, row_offset))
+            results = counted(self.runner.run(lr, tiles, origin, row_offset))
             for row, block in stitch_rows(results, valid.shape, self.scale, self.blend, len(spec.channels),
                                           a, b, spec.chunks[0], tile_rows):
                 sink.write(row, denormalise(block, lo, hi))

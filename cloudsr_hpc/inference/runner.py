@@ -43,33 +43,34 @@ class TileRunner:
                 st.model = torch.compile(st.model, dynamic=False)
         self.scale = cascade.scale
 
-    def _host_batch(self, lr: np.ndarray, valid: np.ndarray, tiles: list[Tile], off: int,
+    def _host_batch(self, lr: np.ndarray, tiles: list[Tile], off: int,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         padded = tiles + [tiles[-1]] * (self.batch_size - len(tiles))
         x = np.stack([lr[:, t.row0 - off:t.row0 - off + t.rows, t.col0:t.col0 + t.cols] for t in padded])
-        m = np.stack([valid[None, t.row0:t.row0 + t.rows, t.col0:t.col0 + t.cols] for t in padded])
+        m = np.isfinite(x)  # per channel: NaN marks what a channel lacks (space, night reflectance)
+        x[~m] = 0.0
         x, m = torch.from_numpy(x), torch.from_numpy(m.astype(np.float32))
         if self.device.type == "cuda":
             x, m = x.pin_memory(), m.pin_memory()
         return x, m
 
-    def run(self, lr: np.ndarray, valid: np.ndarray, tiles: list[Tile], origin_hr: tuple[int, int] = (0, 0),
+    def run(self, lr: np.ndarray, tiles: list[Tile], origin_hr: tuple[int, int] = (0, 0),
             row_offset: int = 0) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
         """Yield (tile, prediction (C, rows*s, cols*s) float32, HR validity (rows*s, cols*s)) in tile order.
 
-        ``lr`` (C, H, W) is normalised with invalid pixels 0; ``valid`` (H, W) bool; ``origin_hr``
+        ``lr`` (C, H, W) is normalised with NaN where a channel is invalid; ``origin_hr``
         is the scene's top-left pixel in the full-disk HR grid (keys the diffusion noise); ``lr`` may
-        hold only the scene rows from ``row_offset`` on (a rank's slice), ``valid`` is the whole scene."""
+        hold only the scene rows from ``row_offset`` on (a rank's slice)."""
         s, r0, c0 = self.scale, origin_hr[0], origin_hr[1]
         batches = [tiles[i:i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
         if not batches:
             return
         with ThreadPoolExecutor(1, thread_name_prefix="tile-prefetch") as pool:
-            nxt = pool.submit(self._host_batch, lr, valid, batches[0], row_offset)
+            nxt = pool.submit(self._host_batch, lr, batches[0], row_offset)
             for k, batch in enumerate(batches):
                 x, m = nxt.result()
                 if k + 1 < len(batches):
-                    nxt = pool.submit(self._host_batch, lr, valid, batches[k + 1], row_offset)
+                    nxt = pool.submit(self._host_batch, lr, batches[k + 1], row_offset)
                 origins = [(r0 + t.row0 * s, c0 + t.col0 * s) for t in batch]
                 origins += [origins[-1]] * (self.batch_size - len(batch))
                 pred, hr_mask = self._forward(x, m, origins)
@@ -79,5 +80,5 @@ class TileRunner:
     def _forward(self, x: torch.Tensor, m: torch.Tensor, origins) -> tuple[np.ndarray, np.ndarray]:
         x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            pred, hr_mask = self.cascade(x, m.expand_as(x), origins)
+            pred, hr_mask = self.cascade(x, m, origins)
         return pred.float().cpu().numpy(), hr_mask.float().cpu().numpy()

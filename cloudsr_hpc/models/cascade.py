@@ -21,10 +21,19 @@ from .network import ConditionalUNet
 
 
 def upsample_condition(lr: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """LR (N, C, h, w) -> (bicubic y on the HR grid, nearest-upsampled validity mask (N, 1, H, W))."""
+    """LR (N, C, h, w) + per-channel validity -> (bicubic y on the HR grid, nearest-upsampled pixel
+    validity (N, 1, H, W)).  A pixel is valid where any channel is: a reflectance channel without
+    signal (night) must not take the brightness temperatures of the same pixel down with it."""
     y = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-    m = F.interpolate(lr_mask.amin(dim=1, keepdim=True), scale_factor=scale, mode="nearest")
+    m = F.interpolate(lr_mask.amax(dim=1, keepdim=True), scale_factor=scale, mode="nearest")
     return y * m, m
+
+
+def channel_fill(pred: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> torch.Tensor:
+    """NaN (fill) in each output channel where that channel had no valid input: a model never
+    invents a value the sensor did not measure (no daylight painted at night)."""
+    m = F.interpolate(lr_mask, scale_factor=scale, mode="nearest")
+    return pred.masked_fill(m < 0.5, float("nan"))
 
 
 def predict_x0(model: ConditionalUNet, diffusion: ResShift | None, y: torch.Tensor, m: torch.Tensor,
@@ -103,9 +112,10 @@ class Cascade:
 
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor, lr_mask: torch.Tensor, origins: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised LR (N, C, h, w) + mask -> (normalised HR, HR validity mask); ``origins`` are the
-        global HR (row, col) of each tile's top-left pixel."""
+        """Normalised LR (N, C, h, w) + per-channel mask -> (normalised HR, NaN in the channels and
+        pixels without input, HR pixel validity (N, 1, H, W)); ``origins`` are the global HR (row, col)
+        of each tile's top-left pixel."""
         y, m = upsample_condition(lr, lr_mask, self.scale)
         for i, stage in enumerate(self.stages):
             y = predict_x0(stage.model, stage.diffusion, y, m, GlobalNoise(self.seed * 16 + i), origins)
-        return y, m
+        return channel_fill(y, lr_mask, self.scale), m

@@ -22,6 +22,7 @@ import torch
 from .. import __version__
 from ..config import dump_yaml, to_dict
 from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
+from ..data.sensors import load_registry
 from ..errors import CloudSRError, InputError
 from ..evaluation.metrics import gradient_ratio, psnr
 from ..models.cascade import predict_x0, upsample_condition
@@ -55,8 +56,10 @@ class TrainingError(CloudSRError):
 
 
 def make_dataset(cfg: StageConfig, split: str):
+    """Stage 2 learns from HR patches and their synthetic degradation; so do Stage 1 and the
+    regression baseline of a single-sensor (self-supervised) pair, which has no real LR/HR pairs."""
     d = Path(cfg.data.shards) / split
-    if cfg.stage == 2:
+    if cfg.stage == 2 or load_registry().pair(cfg.data.pair).self_supervised:
         return DegradedHRDataset(d, cfg.data.degradation)
     return PairDataset(d)
 
@@ -158,7 +161,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def forward_loss(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
         y, m = upsample_condition(batch["lr"], batch["lr_mask"], self.scale)
-        mask = m * batch["hr_mask"].amin(dim=1, keepdim=True)
+        mask = m * batch["hr_mask"]  # per channel: a reflectance channel at night teaches nothing
         x0 = batch["hr"]
         n = x0.shape[0]
         dtype = next(self.engine.module.parameters()).dtype
@@ -210,7 +213,7 @@ class Trainer:
             idx = list(range(b * bs, min(len(data), (b + 1) * bs)))
             batch = self._collate(data, idx)
             y, m = upsample_condition(batch["lr"], batch["lr_mask"], self.scale)
-            mask = m * batch["hr_mask"].amin(dim=1, keepdim=True)
+            mask = m * batch["hr_mask"]
             pred = self.predict(model, y, m, noise, [(i * 10_000, 0) for i in idx])
             scores["psnr_model"].append(psnr(pred, batch["hr"], mask))
             scores["psnr_bicubic"].append(psnr(y, batch["hr"], mask))
@@ -248,7 +251,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         lo, hi = self.train_set.lo, self.train_set.hi
-        meta = {"stage": self.cfg.stage, "channels": self.channels, "scale": self.scale,
+        meta = {"stage": self.cfg.stage, "pair": self.cfg.data.pair, "channels": self.channels, "scale": self.scale,
                 "lr_channels": self.train_set.attrs["lr_channels"], "hr_channels": self.train_set.attrs["hr_channels"],
                 "norm_hr": [lo.tolist(), hi.tolist()],
                 "norm_lr": [self.train_set.lo_lr.tolist(), self.train_set.hi_lr.tolist()], "config": to_dict(self.cfg), "step": self.step,
