@@ -118,8 +118,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: value {value!r} matches none of "
                           f"{', '.join(_type_name(a) for a in args)}")
     if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}: expected one of {list(get_args(tp))}, got {value!r}")
+        choices = get_args(tp)
+        if value not in choices and isinstance(value, int) and str(value) in choices:
+            value = str(value)  # YAML reads `stages: 2` (or --set stages=2) as a number; the choice is the name "2"
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)

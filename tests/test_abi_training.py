@@ -38,13 +38,14 @@ def abi_shards(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def abi_models(abi_shards, tmp_path_factory):
-    """Stage 2 and the regression after a short CPU training on the real train blocks."""
+    """The regression, then Stage 2 from it, after a short CPU training on the real train blocks."""
     shards, _ = abi_shards
     out = tmp_path_factory.mktemp("abi_runs")
     models = {}
-    for name, config in (("stage2", "configs/stage2_abi.yaml"), ("regression", "configs/regression_abi.yaml")):
+    for name, config, extra in (("regression", "configs/regression_abi.yaml", []),
+                                ("stage2", "configs/stage2_abi.yaml", [f"init_from={out / 'regression' / 'export' / 'model.pt'}"])):
         p = run_train(config, shards, out / name, f"train.steps={STEPS}", f"train.ckpt_every={STEPS}",
-                      f"train.val_every={STEPS}")
+                      f"train.val_every={STEPS}", *extra)
         assert p.returncode == 0, p.stderr[-3000:]
         models[name] = out / name / "export" / "model.pt"
     return models
