@@ -94,7 +94,8 @@ def test_job_definitions_and_cluster_profiles_load():
         assert load_profile(name).time_minutes > 0
 
 
-def test_dry_runs_print_the_submission_and_submit_nothing(campaign_archive, model, tmp_path):
+def test_dry_runs_print_the_submission_and_submit_nothing(slurm_cluster, campaign_archive, model, tmp_path):
+    # Submitit's Slurm executor looks for srun even on a dry run: the session's cluster provides it
     p = run_cli("train", "--stage", "2", "--executor", "slurm", "--cluster", "example-gpu", "--after", "123",
                 "--dry-run", "--set", "train.steps=10")
     assert p.returncode == 0, p.stderr[-1500:]
