@@ -401,7 +401,6 @@ def demo_real(args) -> int:
     if not args.archive:
         raise CloudSRError(f"demo --pair {args.pair}: a single-sensor pair needs --archive (real files)")
     from .data.index import ArchiveIndex
-    from .config import config_path as _cp
     reg = _registry(args)
     pair = reg.pair(args.pair)
     root = Path(args.out).resolve()
@@ -429,7 +428,7 @@ def demo_real(args) -> int:
     infer_dir = root / "infer"
     if not list(infer_dir.glob("cloudsr_*.nc")):
         cmd = [sys.executable, "-m", "cloudsr_hpc.infer", "--input", str(scene), "--out", str(infer_dir),
-               "--config", str(_cp("infer.yaml")), "--set", f"pair={args.pair}", "--set", "stages=2",
+               "--config", str(config_path("infer.yaml")), "--set", f"pair={args.pair}", "--set", "stages=2",
                "--set", f"stage2_checkpoint={ck['stage2']}", "--set", "tile_lr=96", "--set", "overlap_lr=8",
                "--set", "chunk=512"]
         if subprocess.run(cmd).returncode:
