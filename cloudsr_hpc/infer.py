@@ -7,8 +7,10 @@
 
 ``--input`` takes a canonical CF scene (``submit read``) or the LR sensor's own files (e.g. a
 SEVIRI L1.5 NetCDF); ``--date`` looks the scene up in the archive.  One CF NetCDF4 file per
-scene lands in the output directory (plus a quicklook PNG); an existing verified output is kept
-unless ``--overwrite``.  Several scenes: a failing one is reported and the others still run.
+scene lands in the output directory (plus a quicklook PNG); an existing output that verifies is
+kept unless ``--overwrite`` (cheaply: intact metadata and chunk index; ``--verify`` also decodes
+every chunk against its stored checksum), and its quicklook drawn if it has none.  Several
+scenes: a failing one is reported and the others still run.
 Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line each on stderr).
 """
 from __future__ import annotations
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shard", choices=["bands", "scenes"], default="bands",
                     help="MPI: ranks share every scene by row bands, or each rank takes whole scenes")
     ap.add_argument("--overwrite", action="store_true", help="redo scenes whose output already exists")
+    ap.add_argument("--verify", action="store_true",
+                    help="decode every chunk of an existing output before keeping it (default: metadata and size)")
     ap.add_argument("--sensors", default="sensors.yaml", help="sensor registry YAML")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
@@ -79,7 +83,7 @@ def run(args) -> int:
     for sc in mine:
         try:
             if not args.overwrite and sc.time is not None:
-                done = _existing(pipe, sc.time, scene_ranks)
+                done = _existing(pipe, sc, scene_ranks, args.verify)
                 if done is not None:
                     if scene_ranks.rank == 0:
                         log.info("%s: exists and verifies, kept (--overwrite to redo)", done)
@@ -94,17 +98,23 @@ def run(args) -> int:
     return 2 if failures else 0
 
 
-def _existing(pipe, slot, ranks):
-    """The output of this slot if it already exists and verifies (decided on rank 0)."""
+def _existing(pipe, sc, ranks, full: bool = False):
+    """The output of this scene if it already exists and verifies (decided on rank 0); a missing
+    quicklook (run killed after the rename) is drawn from the input."""
     from .inference.pipeline import verify_output
-    path = pipe.output_path(slot)
+    path = pipe.output_path(sc.time)
     ok = None
     if ranks.rank == 0 and path.exists():
         try:
-            verify_output(path, pipe.cascade.hr_channels)
+            verify_output(path, pipe.cascade.hr_channels, full=full)
             ok = path
         except CloudSRError as e:
-            log.warning("%s: replacing unverifiable output (%s)", path, e)
+            log.warning("%s: replacing unverifiable output (%s)", path, one_line(e))
+        if ok and pipe.cfg.quicklook and not path.with_suffix(".png").exists():
+            try:
+                pipe.quicklook(sc.files, path)
+            except CloudSRError as e:
+                log.warning("%s: quicklook not written (%s)", path, one_line(e))
     return ranks.bcast(ok)
 
 

@@ -84,9 +84,11 @@ def quicklook_views(lr: np.ndarray, max_side: int = 640, zoom_lr: int = 48) -> d
             "k": k, "r0": r0, "c0": c0, "zoom_lr": zoom_lr}
 
 
-def sr_quicklook(views: dict, lr_channels: list[str], output_nc: str | Path, out_png: str | Path) -> Path:
+def sr_quicklook(views: dict, lr_channels: list[str], output_nc: str | Path, out_png: str | Path,
+                 title: str | None = None) -> Path:
     """LR vs SR per channel: the whole scene (subsampled) and a full-resolution zoom on the most
-    structured window.  Reads the output strided, so a full disk never sits in memory."""
+    structured window.  Reads the output strided, so a full disk never sits in memory; ``title``
+    (default: the file name) names the product when it is drawn from its temporary file."""
     import netCDF4
     plt = pyplot()
     output_nc, out_png = Path(output_nc), Path(out_png)
@@ -111,6 +113,6 @@ def sr_quicklook(views: dict, lr_channels: list[str], output_nc: str | Path, out
             ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(title, fontsize=9)
-    fig.suptitle(output_nc.name, fontsize=10)
+    fig.suptitle(title or output_nc.name, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_png, dpi=80)

@@ -69,7 +69,8 @@ def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade],
         path = Path(getattr(cfg, f"{key}_checkpoint"))
         if not path.is_file():
             raise ConfigError(f"evaluate.{key}_checkpoint: {path} does not exist (needed by methods {cfg.methods})")
-        stages[key] = Stage.load(path, device)
+        stages[key] = Stage.load(path, device, expect={"stage1": 1, "stage2": 2}.get(key, key),
+                                 key=f"evaluate.{key}_checkpoint")
     if not stages:
         raise ConfigError("evaluate.methods: at least one learned method is needed (bicubic alone has no model metadata)")
     methods = {m: Cascade([stages[s] for s in needs[m]], seed=cfg.seed) for m in cfg.methods if m != "bicubic"}

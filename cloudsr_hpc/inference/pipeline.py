@@ -34,21 +34,26 @@ from ..training.checkpoint import sha256
 from .mpi import Ranks
 from .runner import TileRunner, pick_device
 from .tiling import Blend, Tile, blend_geometry, plan_tiles, stitch_rows
-from ..data.scene import atomic_path
-from .writer import BandSink, OutputSpec, create_output, merge_part, part_path, publish, remove_stale
+from .writer import (BandSink, OutputClaim, OutputSpec, claim_output, create_output, merge_part, publish,
+                     record_chunk_index, verify_chunks)
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- model and input
+STAGE_KEYS = {"1": [("stage1_checkpoint", 1)], "2": [("stage2_checkpoint", 2)],
+              "cascade": [("stage1_checkpoint", 1), ("stage2_checkpoint", 2)],
+              "regression": [("regression_checkpoint", "regression")]}
+
+
 def checkpoints_for(cfg: InferConfig) -> list[str]:
-    return {"1": [cfg.stage1_checkpoint], "2": [cfg.stage2_checkpoint],
-            "cascade": [cfg.stage1_checkpoint, cfg.stage2_checkpoint],
-            "regression": [cfg.regression_checkpoint]}[cfg.stages]
+    return [getattr(cfg, key) for key, _ in STAGE_KEYS[cfg.stages]]
 
 
 def load_cascade(cfg: InferConfig, device="cpu") -> Cascade:
-    return Cascade([Stage.load(p, device) for p in checkpoints_for(cfg)], seed=cfg.seed)
+    """The configured stages, each checked to be the stage its key names (export meta records it)."""
+    return Cascade([Stage.load(getattr(cfg, key), device, expect=stage, key=f"infer.{key}")
+                    for key, stage in STAGE_KEYS[cfg.stages]], seed=cfg.seed)
 
 
 @dataclass
@@ -144,6 +149,7 @@ class SceneResult:
     peak_rss_mb: list = field(default_factory=list)  # per rank (process peak)
     compute_s: list = field(default_factory=list)  # per rank: its band's tiles, blending and writing
     rank_tiles: list = field(default_factory=list)  # per rank, halo tiles counted by both neighbours
+    record: dict = field(default_factory=dict)  # {"size", "sha256"} of the published file (rank 0)
 
 
 def peak_rss_mb() -> int:
@@ -259,19 +265,19 @@ class ScenePipeline:
                                  "halo_hr": self.blend.halo, "ramp_hr": self.blend.ramp,
                                  "tiling_exact": int(self.blend.exact), "seed": self.cfg.seed})
 
-        tmp, err = None, None
-        if r.rank == 0:
+        claim, err = None, None
+        if r.rank == 0:  # this run's token and lock: another run's clean-up leaves our temporaries alone
             try:
-                remove_stale(final)
-                tmp = atomic_path(final)
-                create_output(tmp, spec)
+                claim = claim_output(final)
+                create_output(claim.tmp, spec)
             except Exception as e:  # noqa: BLE001
                 err = _message(e, final, "cannot create output")
-        self._fail_if(r.agree(err), OutputError, tmp=tmp)
-        tmp = r.bcast(tmp)
+        self._fail_if(r.agree(err), OutputError, claim)
+        token = r.bcast(claim.token if r.rank == 0 else None)
+        claim = claim or OutputClaim(final, token)
 
         t1 = time.perf_counter()
-        target = tmp if r.rank == 0 else part_path(final, r.rank)
+        target = claim.tmp if r.rank == 0 else claim.part(r.rank)
         err = None
         try:
             if b > a:
@@ -279,28 +285,25 @@ class ScenePipeline:
         except Exception as e:  # noqa: BLE001
             err = _message(e, final, f"write failed on rank {r.rank}")
         t_compute = time.perf_counter() - t1
-        self._fail_if(r.agree(err), OutputError, final, tmp)
+        self._fail_if(r.agree(err), OutputError, claim)
 
-        t2, err = time.perf_counter(), None
+        t2, err, record = time.perf_counter(), None, {}
         if r.rank == 0:
             try:
                 for k, (pa, pb) in enumerate(bands[1:], start=1):
                     if pb > pa:
-                        merge_part(tmp, part_path(final, k), pa, spec.channels)
-                publish(tmp, final)
+                        merge_part(claim.tmp, claim.part(k), pa, spec.channels)
+                record_chunk_index(claim.tmp)
+                if views is not None:  # before the rename: an output under its final name has its quicklook
+                    self._draw_quicklook(views, claim.tmp, final)
+                record = output_record(claim.tmp)
+                publish(claim.tmp, final)
             except Exception as e:  # noqa: BLE001
                 err = _message(e, final, "assembling the output failed")
-        self._fail_if(r.agree(err), OutputError, final, tmp)
-        for k in range(r.size):
-            if k and r.rank == 0:
-                part_path(final, k).unlink(missing_ok=True)
+        self._fail_if(r.agree(err), OutputError, claim)
+        if r.rank == 0:
+            claim.discard(0, r.size)
         t_merge = time.perf_counter() - t2
-        if r.rank == 0 and views is not None:
-            from ..evaluation.plots import sr_quicklook
-            try:
-                sr_quicklook(views, self.pair.lr_channels, final, final.with_suffix(".png"))
-            except OSError as e:  # the product is complete; a missing picture is not a failure
-                log.warning("%s: quicklook not written (%s)", final, one_line(e))
         seconds = {"read": t_read, "compute": t_compute, "merge": t_merge, "total": time.perf_counter() - t0}
         per_rank = r.gather((peak_rss_mb(), round(t_compute, 2), len(mine)))
         if r.rank == 0:
@@ -308,18 +311,31 @@ class ScenePipeline:
                      "(peak RSS MB, compute s, tiles): %s", final.name, len(tiles), r.size, seconds["total"],
                      t_read, t_compute, t_merge, per_rank)
         return SceneResult(final, len(tiles), seconds, r.size, [x[0] for x in per_rank or []],
-                           [x[1] for x in per_rank or []], [x[2] for x in per_rank or []])
+                           [x[1] for x in per_rank or []], [x[2] for x in per_rank or []], record)
 
-    def _fail_if(self, err: str | None, kind, final: Path | None = None, tmp: Path | None = None) -> None:
+    def _fail_if(self, err: str | None, kind, claim: OutputClaim | None = None) -> None:
         """On an agreed error every rank removes what it wrote (its part; rank 0 the temporary
-        output), then raises: nothing partial is left under any name."""
+        output and its lock), then raises: nothing partial is left under any name."""
         if err is None:
             return
-        if final is not None:
-            part_path(final, self.ranks.rank).unlink(missing_ok=True)
-        if tmp is not None and self.ranks.rank == 0:
-            Path(tmp).unlink(missing_ok=True)
+        if claim is not None:
+            claim.discard(self.ranks.rank)
         raise kind(err)
+
+    def _draw_quicklook(self, views: dict, nc: Path, final: Path) -> Path | None:
+        from ..evaluation.plots import sr_quicklook
+        png = final.with_suffix(".png")
+        try:
+            return sr_quicklook(views, self.pair.lr_channels, nc, png, title=final.name)
+        except Exception as e:  # noqa: BLE001 - the product is complete; a missing picture is not a failure
+            log.warning("%s: quicklook not written (%s)", final, one_line(e))
+            return None
+
+    def quicklook(self, files: list[str | Path], final: Path) -> Path | None:
+        """Draw the quicklook of a finished output from its input (a run died before drawing it)."""
+        from ..evaluation.plots import quicklook_views
+        scene = read_input(files, self.reg, self.pair.lr, self.pair.lr_channels)
+        return self._draw_quicklook(quicklook_views(scene.values), final, final)
 
     def plan(self, valid: np.ndarray, grid: GeosGrid) -> tuple[list[Tile], tuple[int, int]]:
         """The global tile plan and the scene's origin in the full-disk HR grid (keys the noise)."""
@@ -391,15 +407,38 @@ def scenes_for_dates(archive: str | Path, registry: Registry, pair_name: str, st
     return scenes
 
 
-def verify_output(path: str | Path, channels: list[str] | None = None) -> dict:
-    """Check a finished output opens and is one of ours; returns its global attributes."""
+def output_record(path: str | Path) -> dict:
+    """What to keep about a finished output (a ledger, a catalogue) to check it later without
+    parsing it: its size and sha256 (``infer`` prints both)."""
     path = Path(path)
+    return {"size": path.stat().st_size, "sha256": sha256(path)}
+
+
+def verify_output(path: str | Path, channels: list[str] | None = None, full: bool = False,
+                  record: dict | None = None) -> dict:
+    """Check a finished output opens, is one of ours and is not truncated (cheap: metadata and the
+    chunk index); ``full`` also decodes every chunk of every variable against the checksum stored
+    with it (Fletcher32).  With the ``record`` taken when it was written (:func:`output_record`)
+    its size is compared first, and with ``full`` its sha256, before the file is parsed at all (a
+    damaged HDF5 header can make the library itself loop).  Returns the file's global attributes;
+    raises InputError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such output")
+    if record:
+        size = path.stat().st_size
+        if size != record["size"]:
+            raise InputError(f"{path}: {size} bytes, {record['size']} when it was written (truncated or replaced)")
+        if full and sha256(path) != record["sha256"]:
+            raise InputError(f"{path}: sha256 differs from the one recorded when it was written "
+                             f"(corrupt or replaced)")
+    verify_chunks(path, full)  # first: it names the variable and chunk that fail
     try:
         with xr.open_dataset(path, engine="netcdf4", decode_cf=False) as ds:
             attrs = dict(ds.attrs)
             have = [v for v in ds.data_vars if ds[v].dims == ("y", "x")]
             shape = (ds.sizes.get("y"), ds.sizes.get("x"))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - netCDF4 raises RuntimeError ("HDF error") for a corrupt coordinate
         raise InputError(f"{path}: not a readable output ({one_line(e)[:200]})") from None
     if "source_sha256" not in attrs or not have:
         raise InputError(f"{path}: not a cloudsr-hpc output (provenance missing)")
@@ -414,4 +453,4 @@ def verify_output(path: str | Path, channels: list[str] | None = None) -> dict:
 def json_summary(res: SceneResult) -> str:
     return json.dumps({"output": str(res.path), "tiles": res.tiles, "ranks": res.ranks,
                        "seconds": {k: round(v, 2) for k, v in res.seconds.items()}, "peak_rss_mb": res.peak_rss_mb,
-                       "compute_s_per_rank": res.compute_s, "tiles_per_rank": res.rank_tiles})
+                       "compute_s_per_rank": res.compute_s, "tiles_per_rank": res.rank_tiles, **res.record})

@@ -13,10 +13,27 @@ file with the *same* chunk shape and filters, compressing in parallel; rank 0 th
 parts' compressed chunks verbatim (``read_direct_chunk``/``write_direct_chunk``, no
 recompression) and renames the file into place.  Bands start on chunk rows, so chunks map
 one to one.  A file that exists under its final name is complete.
+
+Integrity: every chunked variable carries HDF5's Fletcher32 filter, so each stored chunk holds
+its own checksum and any reader (netCDF4, h5py, xarray) refuses a chunk whose bytes changed;
+the digest of the chunk index (which chunks, their stored sizes) is recorded in a global
+attribute before the rename.  :func:`verify_chunks` checks the index cheaply, and with ``full``
+reads every chunk back.  Chunks are encoded here by the filter pipeline the dataset actually
+declares (netCDF-C: checksum of the raw chunk, then shuffle + deflate; only the checksum at
+``complevel`` 0), never by assumption.
+
+Concurrency: a run's temporaries are named with a token of its own and guarded by an
+``flock``'ed lock file (:class:`OutputClaim`), so two runs on one output never delete each
+other's files; only those of dead runs are cleaned up.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
+import hashlib
 import os
+import secrets
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +45,11 @@ import numpy as np
 
 from ..data.geometry import GeosGrid
 from ..data.scene import GRID_MAPPING
+from ..errors import InputError, OutputError, one_line
 
 PACK_FILL = np.int16(-32768)
 PACK_MAX = 32767
+FLETCHER32, SHUFFLE, DEFLATE = h5py.h5z.FILTER_FLETCHER32, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE
 
 
 @dataclass
@@ -82,14 +101,16 @@ def create_output(path: Path, spec: OutputSpec) -> None:
         nc.createDimension("x", nx)
         for name, values, std, axis in (("x", spec.grid.x, "projection_x_coordinate", "X"),
                                         ("y", spec.grid.y, "projection_y_coordinate", "Y")):
-            v = nc.createVariable(name, "f8", (name,))
+            v = nc.createVariable(name, "f8", (name,), fletcher32=True)
             v.setncatts({"standard_name": std, "units": "m", "axis": axis})
             v[:] = values
         gm = nc.createVariable(GRID_MAPPING, "i4", ())
         gm.setncatts(spec.grid.cf_grid_mapping())
         for name in spec.channels:
-            v = nc.createVariable(name, spec.dtype, ("y", "x"), zlib=True, complevel=spec.complevel, shuffle=True,
-                                  chunksizes=spec.chunks, fill_value=spec.fill)
+            # complevel 0 means no deflate (and no shuffle) filter at all: netCDF-C drops them
+            v = nc.createVariable(name, spec.dtype, ("y", "x"), zlib=spec.complevel > 0, complevel=spec.complevel,
+                                  shuffle=spec.complevel > 0, fletcher32=True, chunksizes=spec.chunks,
+                                  fill_value=spec.fill)
             attrs = dict(spec.channel_attrs.get(name, {}), grid_mapping=GRID_MAPPING)
             if spec.packing == "int16":
                 scale, offset = spec.packing_of(name)
@@ -99,16 +120,70 @@ def create_output(path: Path, spec: OutputSpec) -> None:
         nc.setncatts(spec.attrs)
 
 
-def encode_chunk(block: np.ndarray, chunks: tuple[int, int], fill, level: int) -> bytes:
-    """HDF5's shuffle + deflate filters, done here so that compression runs in worker threads
-    (zlib releases the GIL) beside the model instead of inside h5py's lock.  Edge chunks are
-    stored full-size, padded with the fill value, as HDF5 stores them."""
+def fletcher32(data: bytes) -> int:
+    """HDF5's ``H5_checksum_fletcher32``: big-endian 16-bit words (an odd last byte padded with
+    zero), both sums in end-around-carry arithmetic (0 only for all-zero data, else 1..65535)."""
+    if len(data) % 2:
+        data += b"\0"
+    w = np.frombuffer(data, ">u2").astype(np.uint64)
+    if not w.any():
+        return 0
+    s1 = int(w.sum()) % 65535
+    s2 = int(np.dot(w, _sum2_weights(len(w)))) % 65535  # word i enters sum2 n - i times
+    return (s2 or 65535) << 16 | (s1 or 65535)  # a positive sum folds to 1..65535, never 0
+
+
+@functools.lru_cache(maxsize=8)  # every chunk of a dataset has the same length
+def _sum2_weights(n: int) -> np.ndarray:
+    return np.arange(n, 0, -1, dtype=np.uint64) % 65535  # < 2**16: n * 2**32 stays inside uint64
+
+
+def filters_of(dset) -> tuple:
+    """The dataset's filter pipeline in order, as ((filter id, params), ...)."""
+    dcpl = dset.id.get_create_plist()
+    return tuple((f[0], tuple(f[2])) for f in (dcpl.get_filter(i) for i in range(dcpl.get_nfilters())))
+
+
+def check_filters(path: Path, name: str, filters: tuple) -> tuple:
+    unknown = [f for f, _ in filters if f not in (FLETCHER32, SHUFFLE, DEFLATE)]
+    if unknown:
+        raise OutputError(f"{path}: variable {name} has HDF5 filter(s) {unknown} this writer cannot encode")
+    return filters
+
+
+def encode_chunk(block: np.ndarray, chunks: tuple[int, int], fill, filters: tuple) -> bytes:
+    """The stored bytes of one chunk: ``filters`` (the dataset's pipeline) applied here so that
+    compression runs in worker threads (zlib and numpy release the GIL) beside the model instead
+    of inside h5py's lock.  Edge chunks are stored full-size, padded with the fill value, as HDF5
+    stores them."""
     if block.shape != chunks:
         full = np.full(chunks, fill, block.dtype)
         full[:block.shape[0], :block.shape[1]] = block
         block = full
-    shuffled = np.ascontiguousarray(block).view(np.uint8).reshape(-1, block.dtype.itemsize).T.tobytes()
-    return zlib.compress(shuffled, level)
+    data = np.ascontiguousarray(block).tobytes()
+    for fid, params in filters:
+        if fid == FLETCHER32:
+            data += fletcher32(data).to_bytes(4, "little")
+        elif fid == SHUFFLE:  # byte k of every element together; a tail shorter than an element stays
+            size = params[0] if params else block.dtype.itemsize
+            n = len(data) // size
+            data = np.frombuffer(data, np.uint8, n * size).reshape(n, size).T.tobytes() + data[n * size:]
+        elif fid == DEFLATE:
+            data = zlib.compress(data, params[0] if params else 6)
+    return data
+
+
+def part_dcpl(spec: OutputSpec) -> h5py.h5p.PropDCID:
+    """The pipeline netCDF-C gives the output's channels, in its order (checksum first), so a part's
+    chunks can be copied into the output verbatim (:func:`merge_part` checks that they agree)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_chunk(spec.chunks)
+    dcpl.set_fill_value(np.array(spec.fill, spec.dtype))
+    dcpl.set_fletcher32()
+    if spec.complevel:
+        dcpl.set_shuffle()
+        dcpl.set_deflate(spec.complevel)
+    return dcpl
 
 
 class BandSink:
@@ -123,19 +198,20 @@ class BandSink:
         self.offset = row0 if part else 0  # where the band starts inside this file
         if part:
             self.h5 = h5py.File(path, "w")
+            space = h5py.h5s.create_simple((row1 - row0, spec.shape[1]), (h5py.h5s.UNLIMITED, spec.shape[1]))
             for name in spec.channels:
-                self.h5.create_dataset(name, shape=(row1 - row0, spec.shape[1]), maxshape=(None, spec.shape[1]),
-                                       dtype=spec.dtype, chunks=spec.chunks, compression="gzip",
-                                       compression_opts=spec.complevel, shuffle=True, fillvalue=spec.fill)
+                h5py.h5d.create(self.h5.id, name.encode(), h5py.h5t.py_create(np.dtype(spec.dtype)), space,
+                                dcpl=part_dcpl(spec))
         else:
             self.h5 = h5py.File(path, "r+")
+        self.filters = {name: check_filters(path, name, filters_of(self.h5[name])) for name in spec.channels}
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chunk-deflate")
         self.pending: deque = deque()
         self.limit = 2 * max(1, threads)
         self.chunks_written = 0
 
     def _encode(self, name: str, block: np.ndarray) -> bytes:
-        return encode_chunk(self.spec.pack(name, block), self.spec.chunks, self.spec.fill, self.spec.complevel)
+        return encode_chunk(self.spec.pack(name, block), self.spec.chunks, self.spec.fill, self.filters[name])
 
     def write(self, row: int, block: np.ndarray) -> None:
         """(C, n, W) physical values for global rows [row, row + n), starting on a chunk row."""
@@ -169,6 +245,9 @@ def merge_part(output: Path, part: Path, row0: int, channels: list[str]) -> int:
     n = 0
     with h5py.File(part, "r") as src, h5py.File(output, "r+") as dst:
         for name in channels:
+            if filters_of(src[name]) != filters_of(dst[name]):  # verbatim copies need identical pipelines
+                raise OutputError(f"{part}: {name} filters {filters_of(src[name])} differ from the output's "
+                                  f"{filters_of(dst[name])}")
             s, d = src[name].id, dst[name].id
             for i in range(s.get_num_chunks()):
                 info = s.get_chunk_info(i)
@@ -178,14 +257,95 @@ def merge_part(output: Path, part: Path, row0: int, channels: list[str]) -> int:
     return n
 
 
-def part_path(final: Path, rank: int) -> Path:
-    return final.parent / f".{final.name}.rank{rank}.part"
+# ----------------------------------------------------------------------------- temporaries of a run
+def _sibling(final: Path, suffix: str) -> Path:
+    return final.parent / f".{final.name}.{suffix}"
 
 
-def remove_stale(final: Path) -> None:
-    """Temporary files a killed earlier attempt at this output left behind."""
-    for p in final.parent.glob(f".{final.name}.*part"):
-        p.unlink(missing_ok=True)
+class OutputClaim:
+    """One run's temporaries for ``final``: the output being assembled (rank 0), the ranks' part
+    files and the lock, all named with the run's ``token``.  Rank 0 holds an exclusive ``flock``
+    on the lock from before the first file exists until its files are gone; other ranks only use
+    the names (``fd`` None)."""
+
+    def __init__(self, final: Path, token: str, fd: int | None = None):
+        self.final, self.token, self.fd = Path(final), token, fd
+
+    @property
+    def tmp(self) -> Path:
+        return _sibling(self.final, f"{self.token}.part")
+
+    @property
+    def lock(self) -> Path:
+        return _sibling(self.final, f"{self.token}.lock")
+
+    def part(self, rank: int) -> Path:
+        return _sibling(self.final, f"{self.token}.rank{rank}.part")
+
+    def discard(self, rank: int, ranks: int = 1) -> None:
+        """Remove what ``rank`` wrote (rank 0: also the other ranks' parts and the lock, last)."""
+        for k in ([rank] if rank else range(1, ranks)):
+            self.part(k).unlink(missing_ok=True)
+        if rank == 0:
+            self.tmp.unlink(missing_ok=True)
+            if self.fd is not None:
+                self.lock.unlink(missing_ok=True)
+                os.close(self.fd)  # releases the flock
+                self.fd = None
+
+
+def claim_output(final: Path) -> OutputClaim:
+    """Clean up what dead runs left for ``final`` and lock a fresh token for this run."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final)
+    while True:
+        claim = OutputClaim(final, f"{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(claim.lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # no locks on this file system: our files look held to others, never stale
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        try:  # another run's clean-up may have taken the lock file between open and flock: retry
+            if os.stat(claim.lock).st_ino == os.fstat(fd).st_ino:
+                claim.fd = fd
+                return claim
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live process holds ``lock`` (unknown -- no lock support -- counts as held)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return False
+
+
+def remove_stale(final: Path) -> list[Path]:
+    """Temporary files of earlier runs at this output that no live process holds (killed runs,
+    and the unlocked names of older versions); another live run's files are left alone."""
+    removed = []
+    prefix = f".{final.name}."
+    for p in sorted(final.parent.glob(f"{prefix}*")):
+        if not p.name.endswith((".part", ".lock")):
+            continue
+        token = p.name[len(prefix):].split(".")[0]
+        if not _held(_sibling(final, f"{token}.lock")):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -193,3 +353,86 @@ def publish(tmp: Path, final: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
+
+
+# ----------------------------------------------------------------------------- verification
+CHUNK_DIGEST = "chunk_index_sha256"  # global attribute: which chunks were stored, and their sizes
+
+
+def _chunk_index(f: h5py.File) -> dict[str, list]:
+    """{variable: [StoreInfo(chunk_offset, filter_mask, byte_offset, size), ...]} of every chunked variable."""
+    index = {}
+    for name, d in f.items():
+        if isinstance(d, h5py.Dataset) and d.chunks is not None:
+            infos: list = []
+            if hasattr(d.id, "chunk_iter"):  # one pass over the index (get_chunk_info(i) searches it each time)
+                d.id.chunk_iter(infos.append)
+            else:
+                infos = [d.id.get_chunk_info(i) for i in range(d.id.get_num_chunks())]
+            index[name] = infos
+    return index
+
+
+def _index_digest(index: dict[str, list]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(index):
+        for info in sorted(index[name], key=lambda i: tuple(i.chunk_offset)):
+            h.update(f"{name}:{tuple(info.chunk_offset)}:{info.size};".encode())
+    return h.hexdigest()
+
+
+def record_chunk_index(path: Path) -> str:
+    """Store the digest of the finished file's chunk index (variable, chunk, stored size) in its
+    global attributes: a chunk that later vanishes from the index or changes size is noticed
+    without reading any data.  Call after the last chunk is written, before the rename."""
+    import netCDF4
+    with h5py.File(path, "r") as f:
+        digest = _index_digest(_chunk_index(f))
+    with netCDF4.Dataset(path, "a") as nc:
+        nc.setncattr(CHUNK_DIGEST, digest)
+    return digest
+
+
+def verify_chunks(path: Path, full: bool = False) -> int:
+    """Cheap (the chunk index only): every stored chunk lies inside the file (a truncated copy
+    fails), goes through all its filters, and the index matches the digest recorded at write time.
+    ``full`` also reads each chunk back through HDF5's filters, which checks its Fletcher32
+    checksum and its deflate stream.  Returns the number of chunks checked."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with h5py.File(path, "r") as f:
+            index = _chunk_index(f)
+            for name, infos in index.items():
+                _check_chunks(path, name, f[name], infos, size, full)
+            recorded = f.attrs.get(CHUNK_DIGEST)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py reports damaged metadata as OSError, KeyError, ValueError...
+        raise InputError(f"{path}: not a readable HDF5 file ({one_line(e)[:200]})") from None
+    if isinstance(recorded, bytes):
+        recorded = recorded.decode()
+    if recorded is not None and str(recorded) != _index_digest(index):
+        raise InputError(f"{path}: its chunk index differs from the one recorded when it was written "
+                         f"(a chunk lost or resized)")
+    return sum(len(v) for v in index.values())
+
+
+def _check_chunks(path: Path, name: str, d, infos: list, size: int, full: bool) -> None:
+    if full and not d.fletcher32:
+        raise InputError(f"{path}: variable {name} has no per-chunk checksums (written before outputs "
+                         f"were checksummed); cannot be verified, --overwrite to redo it")
+    for info in infos:
+        where = f"{name} chunk at {tuple(info.chunk_offset)}"
+        if info.byte_offset + info.size > size:
+            raise InputError(f"{path}: truncated ({where} ends at byte {info.byte_offset + info.size}, "
+                             f"the file has {size})")
+        if info.filter_mask:  # HDF5 would hand out the stored bytes undecoded, unchecked
+            raise InputError(f"{path}: {where} is marked to skip filters (mask {info.filter_mask}): damaged index")
+        if full:
+            box = tuple(slice(o, min(o + c, s)) for o, c, s in zip(info.chunk_offset, d.chunks, d.shape))
+            try:  # found by lookup too (a damaged search key makes readers see fill), then decoded
+                d.id.read_direct_chunk(tuple(info.chunk_offset))
+                d[box]
+            except OSError as e:
+                raise InputError(f"{path}: {where} is corrupt ({one_line(e)[:160]})") from None

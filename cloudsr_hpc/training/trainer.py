@@ -30,7 +30,8 @@ from ..data.degradations import blur
 from ..models.diffusion import GlobalNoise, ResShift
 from ..models.network import ConditionalUNet
 from ..schema import StageConfig
-from .checkpoint import export_model, load_model, read_pointer, write_pointer
+from .checkpoint import (MANIFEST, export_model, guard_engine_loads, load_model, pick_checkpoint, rotate_checkpoints,
+                         write_manifest, write_pointer)
 from .distributed import DistInfo
 from .losses import total_loss
 
@@ -226,20 +227,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        """Every rank saves; then rank 0 records the digests (the save is finished only now),
+        moves the pointer and rotates out checkpoints beyond ``train.keep_checkpoints``."""
         tag = f"step{self.step:08d}"
+        if self.dist.is_main:  # saving again into a directory (resumed from before it): unfinished until re-recorded
+            (self.ckpt_dir / tag / MANIFEST).unlink(missing_ok=True)
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False,
                                     client_state={"step": self.step, "ema": self.ema.shadow})
         torch.distributed.barrier()
         if self.dist.is_main:
+            write_manifest(self.ckpt_dir / tag)
             write_pointer(self.ckpt_dir, tag)
+            rotate_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints, tag)
         torch.distributed.barrier()
         log.info("checkpoint %s", self.ckpt_dir / tag)
 
+    def _verified_checkpoint(self) -> tuple[str, dict] | None:
+        """Rank 0 picks the newest checkpoint that verifies; every rank gets it (or the error)."""
+        pick = None
+        if self.dist.is_main:
+            try:
+                pick = ("ok", pick_checkpoint(self.ckpt_dir))
+            except CloudSRError as e:
+                pick = ("error", str(e))
+        box = [pick]
+        torch.distributed.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise InputError(value)
+        return value
+
     def resume(self) -> bool:
-        tag = read_pointer(self.ckpt_dir)
-        if tag is None:
+        pick = self._verified_checkpoint()
+        if pick is None:
             return False
-        _, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        tag, digests = pick
+        guard_engine_loads(self.engine, digests)  # weights-only, and only the files just verified
+        try:
+            _, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        except RuntimeError as e:  # verified files that do not fit this config (model or ZeRO layout changed)
+            raise InputError(f"{self.ckpt_dir / tag}: does not fit this run's config "
+                             f"({str(e).splitlines()[0][:200]})") from None
         if client is None:
             raise InputError(f"{self.ckpt_dir / tag}: unreadable DeepSpeed checkpoint")
         self.step = int(client["step"])
