@@ -8,6 +8,7 @@ and the dotted key (``configs/stage1.yaml: train.lr: expected float, got 'fast'`
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from pathlib import Path
@@ -121,6 +122,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         choices = get_args(tp)
         if value not in choices and isinstance(value, int) and str(value) in choices:
             value = str(value)  # YAML reads `stages: 2` (or --set stages=2) as a number; the choice is the name "2"
+        elif value not in choices and isinstance(value, str) and value.isdigit() and int(value) in choices:
+            value = int(value)  # and `stage: "1"` quoted is still Stage 1
         if value not in choices:
             raise ConfigError(f"{where}: expected one of {list(choices)}, got {value!r}")
         return value
@@ -218,3 +221,32 @@ def require(cond: bool, where: str, msg: str) -> None:
     """Raise a :class:`ConfigError` naming ``where`` unless ``cond`` holds (used by ``validate``)."""
     if not cond:
         raise ConfigError(f"{where}: {msg}")
+
+
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def _holds(value: Any, rule: str) -> bool:
+    """``value`` against ``">= 1"``, ``"> 0"`` or an interval ``"[0, 1)"`` (NaN never holds)."""
+    r = rule.replace(" ", "")
+    if r[0] in "[(":
+        lo, hi = (float(x) for x in r[1:-1].split(","))
+        return (value >= lo if r[0] == "[" else value > lo) and (value <= hi if r[-1] == "]" else value < hi)
+    op = ">=" if r.startswith(">=") else "<=" if r.startswith("<=") else r[0]
+    return _OPS[op](value, float(r[len(op):]))
+
+
+def key_of(where: str, key: str) -> str:
+    """``configs/stage1.yaml: train`` + ``val_every`` -> ``configs/stage1.yaml: train.val_every``."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
+def check_ranges(where: str, obj: Any, **rules: str) -> None:
+    """Each named field of ``obj`` within its rule (``val_every=">= 1"``, ``ema_decay="[0, 1)"``):
+    a value out of range is refused here, naming the key and the allowed range, instead of a
+    ZeroDivisionError mid-run or a silently different network."""
+    for key, rule in rules.items():
+        value = getattr(obj, key)
+        if not _holds(value, rule):
+            allowed = f"in {rule}" if rule[0] in "[(" else rule
+            raise ConfigError(f"{key_of(where, key)} = {value!r}: must be {allowed}")

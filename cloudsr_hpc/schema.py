@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import require
+from .config import check_ranges, require
 
 
 @dataclass
@@ -13,6 +13,9 @@ class SynthConfig:
     seed: int = 0
     size: Literal["small", "full"] = "small"
     every_minutes: float = 15.0
+
+    def validate(self, where):
+        check_ranges(where, self, seed=">= 0", every_minutes="> 0")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class PairsConfig:
         require(self.shard_size >= 1, where, "shard_size must be >= 1")
         require(self.holdout_every >= 2, where, "holdout_every must be >= 2")
         require(self.split_block_lr >= self.patch_lr, where, "split_block_lr must be >= patch_lr (patches never straddle blocks)")
+        check_ranges(where, self, stage2_min_valid="(0, 1]", compression_level="[0, 9]", resampler_radius_hr_px="> 0")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class DegradationConfig:
                 "quantisation_levels must be 0 (off) or >= 2")
         require(0 <= self.jpeg_quality <= 100, where, "jpeg_quality must be 0 (off) or 1..100")
         require(0 <= self.cascade_condition_prob <= 1, where, "cascade_condition_prob must be in [0, 1]")
+        check_ranges(where, self, seed=">= 0")
 
 
 @dataclass
@@ -66,6 +71,9 @@ class DataConfig:
     pair: str = "seviri_viirs"
     shards: str = "runs/pairs/seviri_viirs"
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+
+    def validate(self, where):
+        require(bool(self.pair) and bool(self.shards), where, "pair and shards must not be empty")
 
 
 @dataclass
@@ -75,6 +83,15 @@ class ModelConfig:
     num_res_blocks: int = 1
     attention_levels: list[int] = field(default_factory=list)
     dropout: float = 0.0
+
+    def validate(self, where):
+        check_ranges(where, self, base_channels=">= 1", num_res_blocks=">= 1", dropout="[0, 1)")
+        require(bool(self.channel_mult) and min(self.channel_mult) >= 1, where,
+                f"channel_mult = {self.channel_mult}: need at least one level, each multiplier >= 1")
+        levels = len(self.channel_mult)  # a level outside the network would be silently ignored
+        require(all(0 <= a < levels for a in self.attention_levels), where,
+                f"attention_levels = {self.attention_levels}: each must be in [0, {levels - 1}] "
+                f"(levels of channel_mult)")
 
 
 @dataclass
@@ -90,6 +107,7 @@ class DiffusionConfig:
     def validate(self, where):
         require(1 <= self.steps <= 15, where, "steps must be between 1 and 15")
         require(0 < self.eta_min < self.eta_max < 1, where, "need 0 < eta_min < eta_max < 1")
+        check_ranges(where, self, kappa="> 0", power="> 0", grad_loss_weight=">= 0", spectral_loss_weight=">= 0")
 
 
 @dataclass
@@ -105,6 +123,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     val_every: int = 50
     ckpt_every: int = 50
+    keep_checkpoints: int = 3  # verified step directories kept (older ones go once a newer one verified)
     log_every: int = 10
     out_dir: str = "runs/stage1"
 
@@ -112,6 +131,10 @@ class TrainConfig:
         require(self.zero_stage in (0, 1, 2), where, "zero_stage must be 0, 1 or 2")
         require(self.batch_size >= 1 and self.steps >= 1, where, "batch_size and steps must be >= 1")
         require(self.lr > 0, where, "lr must be > 0")
+        check_ranges(where, self, seed=">= 0", grad_accum=">= 1", grad_clip=">= 0", ema_decay="[0, 1)",
+                     val_every=">= 1", ckpt_every=">= 1", log_every=">= 1")
+        require(bool(self.out_dir), where, "out_dir must not be empty")
+        require(self.keep_checkpoints >= 1, where, "keep_checkpoints must be >= 1")
 
 
 @dataclass
@@ -155,6 +178,9 @@ class InferConfig:
         require(self.batch_size >= 1, where, "batch_size must be >= 1")
         require(self.chunk >= 16, where, "chunk must be >= 16")
         require(0 <= self.complevel <= 9, where, "complevel must be 0..9")
+        # halo_hr -1: from the model's receptive margin; thread counts 0: torch's default / one writer
+        check_ranges(where, self, halo_hr=">= -1", seed=">= 0", cpu_threads="[0, 1024]", writer_threads="[0, 256]")
+        require(bool(self.pair), where, "pair must not be empty")
 
 
 @dataclass
@@ -200,6 +226,8 @@ class EvaluateConfig:
         require(self.band_rows % self.spectrum_tile == 0, where, "band_rows must be a multiple of spectrum_tile")
         require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
         require(self.spectrum_tile >= 16 and self.batch_size >= 1, where, "spectrum_tile >= 16, batch_size >= 1")
+        check_ranges(where, self, max_pairs=">= 0", seed=">= 0", data_range="> 0", overlap_lr=">= 0",
+                     band_rows=">= 1", cpu_threads="[0, 1024]")
 
 
 @dataclass
@@ -216,6 +244,10 @@ class ClusterProfile:
     setup: list[str] = field(default_factory=list)   # module load / conda activate lines
     array_parallelism: int = 8
 
+    def validate(self, where):  # 0: the job definition's value
+        check_ranges(where, self, gpus_per_node=">= 0", cpus_per_task=">= 0", mem_gb=">= 0", time_minutes=">= 0",
+                     array_parallelism=">= 0")
+
 
 @dataclass
 class JobResources:
@@ -225,6 +257,10 @@ class JobResources:
     gpus_per_node: int = 0
     mem_gb: int = 0
     time_minutes: int = 60
+
+    def validate(self, where):
+        check_ranges(where, self, nodes=">= 1", ntasks_per_node=">= 1", cpus_per_task=">= 1", gpus_per_node=">= 0",
+                     mem_gb=">= 0", time_minutes=">= 1")
 
 
 @dataclass
@@ -238,6 +274,9 @@ class JobDef:
     requeue: bool = True
     signal: str = ""
     array_parallelism: int = 0
+
+    def validate(self, where):
+        check_ranges(where, self, array_parallelism=">= 0")
 
 
 @dataclass

@@ -8,7 +8,7 @@ Subcommands:
   config   validate a config file (with --set overrides) and print it resolved
   train    train a stage (Slurm: sbatch slurm/train_stage*.sh; local: a process)
   infer    super-resolve the scene(s) of a date or a range (Slurm: slurm/infer.sh; local: mpiexec)
-  campaign reprocess a date range: ledger + job array of workers; 'campaign resume NAME'
+  campaign reprocess a date range: ledger + job array of workers; 'campaign resume|retry|rebuild NAME'
   status   campaign progress table (done/running/pending/failed, throughput, ETA, failures)
   cancel   cancel a campaign's jobs
   demo     the embedded default end to end, no cluster: archive -> shards -> tiny cascade -> campaign -> metrics
@@ -21,12 +21,13 @@ import argparse
 import datetime as dt
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 from .config import config_path, dump_yaml, load
 from .cli import guarded, setup_logging
-from .errors import CloudSRError, ConfigError
+from .errors import CloudSRError, ConfigError, InputError
 
 log = logging.getLogger("cloudsr_hpc")
 
@@ -34,6 +35,21 @@ log = logging.getLogger("cloudsr_hpc")
 def _registry(args):
     from .data.sensors import load_registry
     return load_registry(args.sensors)
+
+
+MAX_RANKS = 1024  # MPI ranks sharing one scene by row bands: beyond a scene's bands they only wait
+
+
+def _bounded(flag: str, value: int | None, lo: int, hi: int, note: str = "") -> None:
+    """A count from the command line within [lo, hi] (None: not given), else one line saying the range."""
+    if value is not None and not lo <= value <= hi:
+        raise InputError(f"{flag} {value}: must be between {lo} and {hi}{note}")
+
+
+def _cluster_counts(args) -> None:
+    _bounded("--time", args.time, 1, 31 * 24 * 60, " minutes")
+    _bounded("--nodes", getattr(args, "nodes", None), 1, 10_000)
+    _bounded("--gpus-per-node", getattr(args, "gpus_per_node", None), 0, 64)
 
 
 def _date_range(args) -> tuple[dt.datetime, dt.datetime]:
@@ -144,6 +160,7 @@ def cmd_train(args) -> int:
     """One stage's training: sbatch slurm/train_stage{1,2}.sh, or a local process."""
     from .orchestration.executors import load_job, load_profile, sbatch, sbatch_args, setup_env
     from .schema import StageConfig
+    _cluster_counts(args)
     stage = args.stage
     config = args.config or {"1": "stage1.yaml", "2": "stage2.yaml", "regression": "regression.yaml"}[stage]
     sets = list(args.set) + (["stage=regression"] if stage == "regression" else [])
@@ -164,9 +181,9 @@ def cmd_train(args) -> int:
 
 
 def _run_local(cmd: list[str], dry_run: bool) -> int:
-    """The local executor: run the command here (a dry run prints it)."""
+    """The local executor: run the command here (a dry run prints it, quoted for a shell)."""
     if dry_run:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return 0
     import subprocess
     return subprocess.run(cmd).returncode
@@ -178,6 +195,8 @@ def cmd_infer(args) -> int:
     from .orchestration.executors import load_job, load_profile, sbatch, sbatch_args, setup_env
     from .schema import InferConfig
     from .inference.pipeline import checkpoints_for
+    _cluster_counts(args)
+    _bounded("--ranks", args.ranks, 1, MAX_RANKS)
     start = parse_date(args.date)
     if args.end and parse_date(args.end) < start:
         raise CloudSRError(f"--end {args.end} is before --date {args.date}")
@@ -206,35 +225,82 @@ def cmd_infer(args) -> int:
     return _run_local(mpi + [sys.executable, "-m", "cloudsr_hpc.infer", *fwd], args.dry_run)
 
 
+def _rebuild(cp, cdir: Path, args) -> dict:
+    changed = cp.rebuild(cdir, _registry(args))
+    log.warning("%s: ledger rebuilt from campaign.yaml and the outputs on disk: %d scenes, %d verified done",
+                cdir / cp.LEDGER, changed["scenes"], len(changed["done"]))
+    return changed
+
+
+def _campaign_again(cp, args, cdir: Path):
+    """``campaign resume|retry|rebuild NAME``: an existing campaign, its ledger checked (resume
+    rebuilds a lost or corrupt one, loudly; rebuild only such a one), reconciled with the disk."""
+    spec = cp.load_spec(cdir)
+    try:
+        cp.open_ledger(cdir).close()
+        broken = None
+    except InputError as e:
+        broken = e
+    if args.action == "rebuild":
+        if broken is None:
+            raise InputError(f"{cdir / cp.LEDGER}: the ledger verifies; nothing to rebuild (a rebuild would drop "
+                             f"its attempt history)")
+        return spec, _rebuild(cp, cdir, args)
+    if broken is not None:
+        if args.action != "resume":
+            raise broken
+        log.warning("%s", broken)
+        _rebuild(cp, cdir, args)
+    if args.action == "retry":
+        states = tuple(s for s in ("failed", "quarantined") if getattr(args, s)) or ("failed", "quarantined")
+        slots = cp.retry(cdir, states)
+        log.info("retry %s: %d %s scene(s) back in the queue", spec.name, len(slots), "/".join(states))
+    changed = cp.reconcile(cdir)
+    log.info("%s %s: %d lost claim(s) back in the queue, %d output(s) found done, %d vanished", args.action,
+             spec.name, len(changed["lost"]), len(changed["done"]), len(changed["requeued"]))
+    return spec, None
+
+
 def cmd_campaign(args) -> int:
-    """Create (or resume) a campaign and start its workers."""
+    """Create (or resume, retry, rebuild) a campaign and start its workers."""
     from .orchestration import campaign as cp
+    from .orchestration.executors import load_profile
+    _bounded("--workers", args.workers, 0, cp.MAX_WORKERS, " (0: create the campaign only)")
+    _bounded("--max-attempts", args.max_attempts, 1, cp.MAX_ATTEMPTS)
+    _cluster_counts(args)
+    load_profile(args.cluster)  # an unknown cluster profile fails before anything is written
+    if args.action != "start":
+        if not args.target:
+            raise CloudSRError(f"campaign {args.action}: which campaign? (campaign {args.action} NAME)")
+        cdir = cp.existing(args.root, args.target)
+        with cp.ledger_errors(cdir):
+            spec, rebuilt = _campaign_again(cp, args, cdir)
+            if args.action == "rebuild":
+                print(json.dumps({"campaign": str(cdir), "scenes": rebuilt["scenes"], "done": len(rebuilt["done"])}))
+                return 0
+            return _start_workers(cp, args, cdir, spec)
+    if not (args.name and args.start):
+        raise CloudSRError("campaign: --name and --start are required (or: campaign resume NAME)")
+    spec = cp.CampaignSpec(name=args.name, pair=args.pair, start=args.start, end=args.end or args.start,
+                           every=args.every, archive=str(Path(args.archive).resolve()),
+                           out_dir=str(Path(args.out).resolve()) if args.out else "",
+                           infer_config=str(config_path(args.config).resolve()), infer_set=list(args.set),
+                           max_attempts=args.max_attempts, workers=args.workers or 2)
+    cp.check_name(spec.name)  # before anything else reads it
+    with cp.ledger_errors(cp.campaign_dir(args.root, spec.name)):
+        cdir, n, missing = cp.create(args.root, spec, _registry(args), dry_run=args.dry_run)
+        log.info("campaign %s: %d scenes (%d without input) in %s", spec.name, n, missing, cdir)
+        return _start_workers(cp, args, cdir, spec)
+
+
+def _start_workers(cp, args, cdir: Path, spec) -> int:
     from .orchestration.executors import load_profile, submit_campaign
     profile = load_profile(args.cluster)
     executor = _executor(args)
-    root = Path(args.root)
-    if args.action == "resume":
-        if not args.target:
-            raise CloudSRError("campaign resume: which campaign? (campaign resume NAME)")
-        cdir = cp.campaign_dir(root, args.target)
-        spec = cp.load_spec(cdir)
-        changed = cp.reconcile(cdir)
-        log.info("resume %s: %d lost claim(s) back in the queue, %d output(s) found done, %d vanished",
-                 spec.name, len(changed["lost"]), len(changed["done"]), len(changed["requeued"]))
-    else:
-        if not (args.name and args.start):
-            raise CloudSRError("campaign: --name and --start are required (or: campaign resume NAME)")
-        spec = cp.CampaignSpec(name=args.name, pair=args.pair, start=args.start, end=args.end or args.start,
-                               every=args.every, archive=str(Path(args.archive).resolve()),
-                               out_dir=str(Path(args.out).resolve()) if args.out else "",
-                               infer_config=str(config_path(args.config).resolve()), infer_set=list(args.set),
-                               max_attempts=args.max_attempts, workers=args.workers or 2)
-        cdir, n, missing = cp.create(root, spec, _registry(args), dry_run=args.dry_run)
-        log.info("campaign %s: %d scenes (%d without input) in %s", spec.name, n, missing, cdir)
     workers = spec.workers if args.workers is None else args.workers
     if workers == 0:  # create (or reconcile) only: start workers yourself, e.g. with slurm/campaign.sh
         print(json.dumps({"campaign": str(cdir), "executor": None, "jobs": [],
-                          "start_with": f"sbatch --array=0-3%2 slurm/campaign.sh {cdir}"}))
+                          "start_with": f"sbatch --array=0-3%2 slurm/campaign.sh {shlex.quote(str(cdir))}"}))
         return 0
     jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run)
     if args.dry_run:
@@ -252,12 +318,14 @@ def cmd_campaign(args) -> int:
 
 def cmd_status(args) -> int:
     from .orchestration import campaign as cp
-    root = Path(args.root)
-    names = [args.name] if args.name else sorted(p.name for p in root.glob("*") if (p / "campaign.yaml").exists())
+    root = cp.campaign_root(args.root)
+    names = [args.name] if args.name else sorted(p.parent.name for p in root.glob("*/campaign.yaml"))
     if not names:
         raise CloudSRError(f"{root}: no campaigns")
     for name in names:
-        st = cp.status(cp.campaign_dir(root, name))
+        cdir = cp.existing(root, name)  # never creates anything for a campaign that is not there
+        with cp.ledger_errors(cdir):
+            st = cp.status(cdir)
         print(json.dumps(st) if args.json else cp.format_status(st))
     return 0
 
@@ -268,11 +336,11 @@ def cmd_cancel(args) -> int:
     import signal
     import subprocess
     from .orchestration import campaign as cp
-    from .orchestration.ledger import Ledger
-    cdir = cp.campaign_dir(args.root, args.name)
+    cdir = cp.existing(args.root, args.name)
     cp.load_spec(cdir)
-    ledger = Ledger(cdir / "ledger.sqlite")
-    jobs = ledger.jobs()
+    with cp.ledger_errors(cdir):
+        ledger = cp.open_ledger(cdir)
+        jobs = ledger.jobs()
     for job_id, kind, _, _ in jobs:
         if kind == "slurm":
             subprocess.run(["scancel", job_id], check=False)
@@ -528,8 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_opts(sp)
 
     sp = add("campaign", cmd_campaign, "reprocess a date range as a resumable campaign (job array / local workers)")
-    sp.add_argument("action", nargs="?", choices=["start", "resume"], default="start")
-    sp.add_argument("target", nargs="?", help="campaign name (with resume)")
+    sp.add_argument("action", nargs="?", choices=["start", "resume", "retry", "rebuild"], default="start",
+                    help="resume: reconcile and restart workers (a lost/corrupt ledger is rebuilt); retry: also "
+                         "put failed/quarantined scenes back in the queue; rebuild: only remake a lost/corrupt "
+                         "ledger from campaign.yaml and the verified outputs")
+    sp.add_argument("target", nargs="?", help="campaign name (with resume/retry/rebuild)")
     with_config(sp, "infer.yaml")
     sp.add_argument("--name")
     sp.add_argument("--pair", default="seviri_viirs")
@@ -542,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="worker processes / array tasks (default 2; 0: create the "
                     "campaign only, start workers yourself with slurm/campaign.sh)")
     sp.add_argument("--max-attempts", type=int, default=3)
+    sp.add_argument("--quarantined", action="store_true", help="retry: only quarantined scenes (default: failed too)")
+    sp.add_argument("--failed", action="store_true", help="retry: only failed scenes (default: quarantined too)")
     sp.add_argument("--no-wait", action="store_true", help="local executor: return once workers started")
     cluster_opts(sp)
 

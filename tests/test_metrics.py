@@ -1,7 +1,6 @@
 """Metrics against hand-computed cases, NaN handling, and LPIPS plumbing against the lpips package."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """End to end on the embedded default: synthetic archive in real formats -> satpy -> training shards."""
 import datetime as dt
 import warnings
-from pathlib import Path
 
 import h5py
 import numpy as np

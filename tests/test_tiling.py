@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from cloudsr_hpc.inference.tiling import (Accumulator, blend_window, interior_edges, plan_tiles,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask
@@ -90,18 +91,25 @@ def _check_files(files: list[str]) -> None:
 def _open(files: list[str], sensor: Sensor, fmts: list[str], where: str):
     """A satpy Scene of ``files``; any failure (satpy raises many types for broken files) is one line."""
     readers = sorted({sensor.file_format(f).reader for f in fmts})
-    try:
-        from satpy import Scene
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Scene(filenames={r: files for r in readers} if len(readers) > 1 else files,
-                         reader=readers[0] if len(readers) == 1 else None)
-    except Exception as e:
-        raise _reader_failed(where, sensor, e) from None
+    with _satpy_causes() as causes:
+        try:
+            from satpy import Scene
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return Scene(filenames={r: files for r in readers} if len(readers) > 1 else files,
+                             reader=readers[0] if len(readers) == 1 else None)
+        except Exception as e:
+            raise _reader_failed(where, sensor, e, causes) from None
 
 
-def _reader_failed(where: str, sensor: Sensor, e: Exception) -> InputError:
-    return InputError(f"{where}: {sensor.name} reader failed ({e.__class__.__name__}: {one_line(e)[:300]})")
+def _why(causes: list[BaseException]) -> str:
+    """What satpy logged first (the file handler's own error), for the one-line message."""
+    return f"; satpy: {causes[0].__class__.__name__}: {one_line(causes[0])[:200]}" if causes else ""
+
+
+def _reader_failed(where: str, sensor: Sensor, e: Exception, causes: list[BaseException] = ()) -> InputError:
+    return InputError(f"{where}: {sensor.name} reader failed "
+                      f"({e.__class__.__name__}: {one_line(e)[:300]}{_why(causes)})")
 
 
 def _channels_to_read(scn, sensor: Sensor, channels: list[str] | None, where: str) -> list[str]:
@@ -115,8 +123,42 @@ def _channels_to_read(scn, sensor: Sensor, channels: list[str] | None, where: st
     return found
 
 
+@contextmanager
+def _satpy_causes():
+    """satpy logs a channel it cannot load (a traceback, e.g. ``KeyError: 'add_offset'``) and goes
+    on without it: keep those tracebacks off the console and collect their exceptions, so that the
+    one-line error can name the field that broke."""
+    causes: list[BaseException] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            if record.exc_info and record.exc_info[1] is not None:
+                causes.append(record.exc_info[1])
+
+    lg, keep = logging.getLogger("satpy"), _Keep(logging.WARNING)  # the file handler's own error is a warning
+    saved = lg.propagate, lg.level
+    lg.addHandler(keep)
+    lg.propagate = False
+    lg.setLevel(logging.WARNING)
+    try:
+        yield causes
+    finally:
+        lg.removeHandler(keep)
+        lg.propagate = saved[0]
+        lg.setLevel(saved[1])  # setLevel, not .level =: the children cache their effective level
+
+
 def _load(scn, sensor: Sensor, channels: list[str], where: str) -> None:
     """Load each channel in its own calibration (reflectance / brightness temperature)."""
+    with _satpy_causes() as causes:
+        _load_channels(scn, sensor, channels, where)
+    missing = [c for c in channels if c not in scn]
+    if missing:
+        raise InputError(f"{where}: channel(s) {', '.join(missing)} not readable from the file(s) "
+                         f"(missing or wrongly named variables{_why(causes)})")
+
+
+def _load_channels(scn, sensor: Sensor, channels: list[str], where: str) -> None:
     try:
         # satpy's FCI reader shares one netCDF4 handle across dask threads (pytroll/satpy#3043):
         # compute synchronously, which is also deterministic and memory-bounded per scene
@@ -126,10 +168,6 @@ def _load(scn, sensor: Sensor, channels: list[str], where: str) -> None:
                 scn.load([c], calibration=sensor.channel(c).quantity)
     except Exception as e:
         raise _reader_failed(where, sensor, e) from None
-    missing = [c for c in channels if c not in scn]
-    if missing:
-        raise InputError(f"{where}: channel(s) {', '.join(missing)} not readable from the file(s) "
-                         f"(missing or wrongly named variables)")
 
 
 def _sector(name: str, area) -> str:

@@ -46,6 +46,22 @@ def predict_x0(model: ConditionalUNet, diffusion: ResShift | None, y: torch.Tens
                             lambda k: noise.batch(k, c, origins, h, w, y.device, y.dtype))
 
 
+# what inference reads from an export's metadata (an export with ``meta: {}`` is refused here, by name)
+META_KEYS = ("stage", "channels", "scale", "lr_channels", "hr_channels", "norm_hr", "config")
+
+
+def _check_meta(path: str | Path, meta) -> None:
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: export metadata is a {type(meta).__name__}, expected a mapping")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise InputError(f"{path}: export metadata lacks {', '.join(missing)} (not a complete cloudsr-hpc export)")
+
+
+def _stage_name(stage) -> str:
+    return "the regression baseline" if stage == "regression" else f"Stage {stage}"
+
+
 @dataclass
 class Stage:
     model: ConditionalUNet
@@ -53,9 +69,16 @@ class Stage:
     meta: dict
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Stage":
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", expect: int | str | None = None,
+             key: str = "") -> "Stage":
+        """An exported stage; ``expect`` (1, 2 or "regression") refuses an export of another stage
+        (a Stage 2 given as Stage 1 samples from the wrong condition without any other sign)."""
         from ..training.checkpoint import load_model
         state, meta = load_model(path)
+        _check_meta(path, meta)
+        if expect is not None and meta["stage"] != expect:
+            raise InputError(f"{path}: export of {_stage_name(meta['stage'])}, given as {key or 'a stage'} "
+                             f"(which takes {_stage_name(expect)})")
         cfg = meta.get("config", {})
         try:
             mcfg = build(ModelConfig, cfg.get("model", {}), f"{path}: model")

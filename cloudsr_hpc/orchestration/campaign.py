@@ -17,17 +17,28 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
+import shlex
 import socket
+import sqlite3
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import build, dump_yaml, load, read_yaml
-from ..errors import CloudSRError, ConfigError, one_line
+from ..config import build, check_ranges, dump_yaml, load, read_yaml
+from ..errors import CloudSRError, ConfigError, InputError, one_line
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+# a name becomes a directory, a Slurm job name and part of printed commands: nothing a shell or
+# a path could read as more than a name
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_WORKERS = 1000  # Slurm's default MaxArraySize is 1001; far beyond what one ledger serves well
+MAX_ATTEMPTS = 100
+LEDGER = "ledger.sqlite"
 
 
 @dataclass
@@ -47,15 +58,43 @@ class CampaignSpec:
     tolerance_minutes: float = 0.0  # 0: half the LR repeat cycle
 
     def validate(self, where):
-        from ..config import require
-        require(self.max_attempts >= 1, where, "max_attempts must be >= 1")
-        require(self.workers >= 1, where, "workers must be >= 1")
-        require(bool(self.name) and "/" not in self.name and not self.name.startswith("."), where,
-                f"name: '{self.name}' is not a plain directory name")
+        check_ranges(where, self, max_attempts=f"[1, {MAX_ATTEMPTS}]", workers=f"[1, {MAX_WORKERS}]",
+                     tolerance_minutes=">= 0")
+        check_name(self.name)
+
+
+def check_name(name: str) -> str:
+    """A campaign name: 1-64 of ``A-Za-z0-9._-``, not ``.`` or ``..`` (shown with repr: one line)."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
+        raise InputError(f"campaign name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - (not '.' or '..')")
+    return name
+
+
+def campaign_root(root: str | Path) -> Path:
+    """The resolved root; control characters in it would end up in generated job scripts."""
+    r = Path(root).resolve()
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(r)):
+        raise InputError(f"--root {str(root)!r}: control characters in the path")
+    return r
 
 
 def campaign_dir(root: str | Path, name: str) -> Path:
-    return Path(root).resolve() / name
+    """``<root>/<name>``, confined to the root (a symlinked campaign directory may not lead out)."""
+    r = campaign_root(root)
+    cdir = r / check_name(name)
+    if cdir.resolve().parent != r:
+        raise InputError(f"{cdir}: resolves to {cdir.resolve()}, outside the campaign root {r}")
+    return cdir
+
+
+def existing(root: str | Path, name: str) -> Path:
+    """The directory of a campaign that exists (status, resume, retry, cancel create nothing)."""
+    cdir = campaign_dir(root, name)
+    if not (cdir / "campaign.yaml").is_file():
+        known = sorted(p.parent.name for p in cdir.parent.glob("*/campaign.yaml"))
+        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        raise InputError(f"{cdir.parent}: no campaign '{name}' (campaigns here: {listed or 'none'})")
+    return cdir
 
 
 def load_spec(cdir: Path) -> CampaignSpec:
@@ -63,6 +102,43 @@ def load_spec(cdir: Path) -> CampaignSpec:
     if not path.exists():
         raise ConfigError(f"{cdir}: no campaign here (campaign.yaml missing)")
     return build(CampaignSpec, read_yaml(path), str(path))
+
+
+@contextmanager
+def ledger_errors(cdir: Path):
+    """sqlite3 failures past :func:`open_ledger`'s checks (locked beyond the timeout, I/O errors)
+    as one line naming the ledger."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise InputError(f"{cdir / LEDGER}: ledger error ({one_line(e)})") from None
+
+
+def open_ledger(cdir: Path) -> Ledger:
+    """The campaign's ledger, checked first: a missing, empty, truncated or corrupt file is one
+    line naming it (never a new empty ledger that reads as a finished campaign, never a sqlite3
+    traceback); ``campaign rebuild`` makes it anew from the spec and the outputs."""
+    path = cdir / LEDGER
+    hint = ("rebuild it from campaign.yaml and the outputs: python -m cloudsr_hpc.submit campaign rebuild "
+            f"{shlex.quote(cdir.name)} --root {shlex.quote(str(cdir.parent))}")
+    if not path.is_file() or path.stat().st_size == 0:
+        raise InputError(f"{path}: ledger {'empty' if path.is_file() else 'missing'}; {hint}")
+    try:
+        db = sqlite3.connect(path, timeout=120.0)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            scenes = db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0] if "scenes" in tables else 0
+        finally:
+            db.close()
+    except sqlite3.OperationalError as e:  # locked beyond the timeout, no permission: not a broken file
+        raise InputError(f"{path}: ledger not readable now ({one_line(e)})") from None
+    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+        raise InputError(f"{path}: ledger unreadable ({one_line(e)}); {hint}") from None
+    if check != "ok" or not {"scenes", "attempts", "jobs"} <= tables or not scenes:
+        why = f"integrity check: {one_line(check)[:200]}" if check != "ok" else "its tables or scenes are gone"
+        raise InputError(f"{path}: ledger corrupt ({why}); {hint}")
+    return Ledger(path)
 
 
 def output_dir(cdir: Path, spec: CampaignSpec) -> Path:
@@ -74,48 +150,115 @@ def infer_config(spec: CampaignSpec):
     return load(InferConfig, spec.infer_config, [f"pair={spec.pair}", *spec.infer_set])
 
 
-def create(root: str | Path, spec: CampaignSpec, registry, dry_run: bool = False) -> tuple[Path, int, int]:
-    """Write the campaign directory and its ledger; returns (dir, scenes, missing).  Everything is
-    checked before anything is written: dates, range, archive, pair, checkpoints.  ``dry_run``
-    checks and counts, and writes nothing."""
-    from ..data.index import ArchiveIndex, parse_date, parse_every, slot_times
+def scene_rows(cdir: Path, spec: CampaignSpec, registry, counts: dict):
+    """Check what a campaign needs (dates, range, archive, pair, checkpoints) now, and return an
+    iterator of its (slot, input files, output path) rows, made one at a time: a long range never
+    sits in memory, and one beyond :data:`~cloudsr_hpc.data.index.MAX_SLOTS` is refused before
+    any is made.  ``counts`` gets ``scenes`` and, as rows are made, ``missing`` (no input)."""
+    from ..data.index import ArchiveIndex, count_slots, parse_date, parse_every
     from ..inference.pipeline import checkpoints_for, output_name
-    spec.validate("campaign")
     start, end, every = parse_date(spec.start), parse_date(spec.end or spec.start), parse_every(spec.every)
     if end < start:
         raise CloudSRError(f"--end {spec.end} is before --start {spec.start}")
+    counts.update(scenes=count_slots(start, end, every), missing=0)
     pair = registry.pair(spec.pair)
     cfg = infer_config(spec)
     for ck in checkpoints_for(cfg):
         if not Path(ck).exists():
             raise ConfigError(f"{ck}: checkpoint does not exist (stages '{cfg.stages}'; set it with --set)")
-    idx = ArchiveIndex(spec.archive, registry)
     tol = dt.timedelta(minutes=spec.tolerance_minutes) if spec.tolerance_minutes else None
-    cdir = campaign_dir(root, spec.name)
+    find = ArchiveIndex(spec.archive, registry).finder(pair.lr, pair.lr_formats, tol)
     out = output_dir(cdir, spec)
-    rows, missing = [], 0
-    for t in slot_times(start, end, every):
-        try:
-            sc = idx.find(pair.lr, pair.lr_formats, t, tol)
-            files = [str(f) for f in sc.files]
-        except CloudSRError:
-            files, missing = [], missing + 1
-        rows.append((t.isoformat(), files, str(out / output_name(pair.name, cfg.stages, t))))
+
+    def rows():
+        for i in range(counts["scenes"]):
+            t = start + i * every
+            try:
+                files = [str(f) for f in find(t).files]
+            except CloudSRError:
+                files = []
+                counts["missing"] += 1
+            yield t.isoformat(), files, str(out / output_name(pair.name, cfg.stages, t))
+    return rows()
+
+
+def _fill(ledger: Ledger, rows, batch: int = 10_000) -> None:
+    """Rows into the ledger a batch at a time (memory bounded; a re-run adds what is not there)."""
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == batch:
+            ledger.add_scenes(chunk)
+            chunk = []
+    if chunk:
+        ledger.add_scenes(chunk)
+
+
+def create(root: str | Path, spec: CampaignSpec, registry, dry_run: bool = False) -> tuple[Path, int, int]:
+    """Write the campaign directory and its ledger; returns (dir, scenes, missing).  Everything is
+    checked before anything is written: name, dates, range, archive, pair, checkpoints.  ``dry_run``
+    checks and counts, and writes nothing."""
+    spec.validate("campaign")
+    cdir = campaign_dir(root, spec.name)
+    counts: dict = {}
+    rows = scene_rows(cdir, spec, registry, counts)
     spec_path = cdir / "campaign.yaml"
     if dry_run:
-        return cdir, len(rows), missing
+        for _ in rows:
+            pass
+        return cdir, counts["scenes"], counts["missing"]
     (cdir / "logs").mkdir(parents=True, exist_ok=True)
     if spec_path.exists():
         old = load_spec(cdir)
         if (old.start, old.end, old.every, old.pair) != (spec.start, spec.end, spec.every, spec.pair):
             raise ConfigError(f"{spec_path}: campaign '{spec.name}' exists with another range; "
                               f"use 'campaign resume {spec.name}' or another --name")
+        ledger = open_ledger(cdir)  # an existing campaign's lost ledger is rebuilt, not started afresh
     else:
         spec_path.write_text(dump_yaml(spec))
-    ledger = Ledger(cdir / "ledger.sqlite")
-    ledger.add_scenes(rows)
-    ledger.close()
-    return cdir, len(rows), missing
+        ledger = Ledger(cdir / LEDGER)
+    try:
+        _fill(ledger, rows)
+    finally:
+        ledger.close()
+    return cdir, counts["scenes"], counts["missing"]
+
+
+def rebuild(cdir: Path, registry) -> dict:
+    """A new ledger from ``campaign.yaml`` and the outputs on disk (the truth): every slot pending
+    (or missing), then :func:`reconcile` marks done exactly the outputs that fully verify.  The broken
+    file is kept beside it (``ledger.sqlite.broken-<time>``); its attempt history is not carried
+    over.  Stop the campaign's workers first.  Returns reconcile's changes plus ``scenes``."""
+    spec = load_spec(cdir)
+    counts: dict = {}
+    rows = scene_rows(cdir, spec, registry, counts)
+    path = cdir / LEDGER
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):  # a stale WAL must not be replayed into the new file
+        old = cdir / (LEDGER + suffix)
+        if old.exists():
+            os.replace(old, cdir / f"{LEDGER}.broken-{stamp}{suffix}")
+    tmp = cdir / f".{LEDGER}.rebuild"
+    tmp.unlink(missing_ok=True)
+    ledger = Ledger(tmp)
+    try:
+        _fill(ledger, rows)
+        ledger.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        ledger.close()
+    os.replace(tmp, path)  # complete or absent: a crash mid-way leaves no half ledger in place
+    changed = reconcile(cdir, full=True)  # nothing vouches for these outputs now: decode every chunk
+    return {**changed, "scenes": counts["scenes"]}
+
+
+def retry(cdir: Path, states: tuple[str, ...]) -> list[str]:
+    """Scenes in ``states`` (quarantined and/or failed) back to pending with a fresh attempt budget,
+    e.g. after the cause was fixed; their past attempts stay in the ledger."""
+    ledger = open_ledger(cdir)
+    try:
+        return ledger.retry(states)
+    finally:
+        ledger.close()
 
 
 # ----------------------------------------------------------------------------- liveness
@@ -160,26 +303,35 @@ def _not_zombie(pid: int) -> bool:
         return True
 
 
-def reconcile(cdir: Path, ledger: Ledger | None = None) -> dict:
+def reconcile(cdir: Path, ledger: Ledger | None = None, full: bool = False) -> dict:
     """Bring the ledger in line with the disk: a verified output means done, a done scene without
-    one goes back to pending, claims of dead workers are released.  Returns what changed."""
+    one (or whose output no longer verifies: truncated; with ``full`` also any chunk failing its
+    checksum) goes back to pending, claims of dead workers are released.  Returns what changed."""
     from ..inference.pipeline import verify_output
     own = ledger is None
-    ledger = ledger or Ledger(cdir / "ledger.sqlite")
+    ledger = ledger or open_ledger(cdir)
     changed = {"done": [], "requeued": [], "lost": ledger.release_lost(is_alive)}
     try:
         for sc in ledger.scenes():
             exists = Path(sc.output).exists()
             if exists and sc.state != "done":
                 try:
-                    verify_output(sc.output)
+                    verify_output(sc.output, full=full)
                     ledger.mark(sc.slot, "done")
                     changed["done"].append(sc.slot)
                 except CloudSRError as e:
                     log.warning("%s", e)
-            elif sc.state == "done" and not exists:
-                ledger.mark(sc.slot, "pending", "output vanished")
-                changed["requeued"].append(sc.slot)
+            elif sc.state == "done":
+                reason = "output vanished"
+                try:
+                    if exists:
+                        verify_output(sc.output, full=full)
+                        reason = None
+                except CloudSRError as e:  # truncated or corrupt: computed again
+                    reason = one_line(e)
+                if reason:
+                    ledger.mark(sc.slot, "pending", reason)
+                    changed["requeued"].append(sc.slot)
     finally:
         if own:
             ledger.close()
@@ -195,7 +347,7 @@ def work(cdir: str | Path, owner: str | None = None, limit: int | None = None) -
     cdir = Path(cdir)
     spec = load_spec(cdir)
     owner = owner or owner_here()
-    ledger = Ledger(cdir / "ledger.sqlite")
+    ledger = open_ledger(cdir)
     ledger.release_lost(lambda o: o != owner and is_alive(o))  # a requeued task takes back its own claims
     pipe = None
     counts = {"done": 0, "failed": 0}
@@ -228,7 +380,7 @@ def work(cdir: str | Path, owner: str | None = None, limit: int | None = None) -
 # ----------------------------------------------------------------------------- status
 def status(cdir: Path) -> dict:
     """Counts per state, throughput, ETA, failures with reasons, who runs what."""
-    ledger = Ledger(cdir / "ledger.sqlite")
+    ledger = open_ledger(cdir)
     try:
         reconcile(cdir, ledger)
         counts = ledger.counts()

@@ -158,6 +158,17 @@ class Ledger:
                     lost.append(slot)
         return lost
 
+    def retry(self, states: tuple[str, ...]) -> list[str]:
+        """Scenes in ``states`` back to ``pending`` with their attempt count reset (the attempts
+        table keeps their history); returns their slots."""
+        marks = ", ".join("?" * len(states))
+        with self.transaction() as db:
+            rows = db.execute(f"SELECT slot FROM scenes WHERE state IN ({marks}) ORDER BY slot", states)
+            slots = [r[0] for r in rows]
+            db.execute(f"UPDATE scenes SET state = 'pending', attempts = 0, owner = NULL, error = NULL "
+                       f"WHERE state IN ({marks})", states)
+        return slots
+
     def mark(self, slot: str, state: str, error: str | None = None) -> None:
         with self.transaction() as db:
             db.execute("UPDATE scenes SET state = ?, error = ?, owner = NULL WHERE slot = ?", (state, error, slot))
