@@ -166,6 +166,8 @@ class InferConfig:
     cpu_threads: int = 0  # torch threads per rank on CPU (0: torch's default); equal counts give bitwise-equal output
     writer_threads: int = 2  # chunk compression threads per rank
     quicklook: bool = True
+    members: int = 1  # ensemble members per scene (> 1: mean and standard deviation written per channel)
+    keep_members: bool = False  # with members > 1: also every member, along a ``member`` dimension
     stage1_checkpoint: str = "runs/stage1/export/model.pt"
     stage2_checkpoint: str = "runs/stage2/export/model.pt"
     regression_checkpoint: str = "runs/regression/export/model.pt"
@@ -179,7 +181,8 @@ class InferConfig:
         require(self.chunk >= 16, where, "chunk must be >= 16")
         require(0 <= self.complevel <= 9, where, "complevel must be 0..9")
         # halo_hr -1: from the model's receptive margin; thread counts 0: torch's default / one writer
-        check_ranges(where, self, halo_hr=">= -1", seed=">= 0", cpu_threads="[0, 1024]", writer_threads="[0, 256]")
+        check_ranges(where, self, halo_hr=">= -1", seed=">= 0", cpu_threads="[0, 1024]", writer_threads="[0, 256]",
+                     members="[1, 256]")
         require(bool(self.pair), where, "pair must not be empty")
 
 
@@ -208,6 +211,7 @@ class EvaluateConfig:
     max_pairs: int = 0  # 0: all held-out pairs
     batch_size: int = 8
     seed: int = 0  # diffusion noise and the self-supervised degradation
+    members: int = 1  # ensemble members per stochastic method (> 1: CRPS, spread-skill, rank histogram)
     data_range: float = 2.0  # PSNR/SSIM range in normalised units ([-1, 1])
     spectrum_tile: int = 128  # HR tile side for Welch-averaged spectra (and LPIPS tiles)
     fss: FSSConfig = field(default_factory=FSSConfig)
@@ -227,7 +231,7 @@ class EvaluateConfig:
         require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
         require(self.spectrum_tile >= 16 and self.batch_size >= 1, where, "spectrum_tile >= 16, batch_size >= 1")
         check_ranges(where, self, max_pairs=">= 0", seed=">= 0", data_range="> 0", overlap_lr=">= 0",
-                     band_rows=">= 1", cpu_threads="[0, 1024]")
+                     band_rows=">= 1", cpu_threads="[0, 1024]", members="[1, 64]")
 
 
 @dataclass

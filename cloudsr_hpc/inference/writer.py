@@ -6,6 +6,12 @@ and compressed (zlib + shuffle) as float32 with ``_FillValue`` NaN, or packed as
 ``scale_factor``/``add_offset``, ``valid_range`` [-32767, 32767] and ``_FillValue`` -32768 (CF 8.1
 wants packed data signed).  Chunks with no valid pixel (space) are
 never written: readers get the fill value there.  Global attributes carry the provenance.
+An ensemble (``members`` > 1) stores under each channel's name the ensemble mean
+(``cell_methods: "realization: mean"``), beside it ``<channel>_std`` (``realization:
+standard_deviation``) and, when kept, the members as ``<channel>_members`` along a ``member``
+dimension (chunks ``1 x chunk x chunk``).  CF wants a cell method's name to be a coordinate of
+the variable, and a 2-D statistic has no member axis: the collapsed axis is the scalar coordinate
+``realization`` (CF standard name, value N), as CF 7.3.4 does for a collapsed dimension.
 
 How ranks produce one file without parallel HDF5: rank 0 creates the file (under a temporary
 name) with netCDF4 and writes its own band into it; every other rank writes its band to a part
@@ -47,6 +53,8 @@ from ..data.geometry import GeosGrid
 from ..data.scene import GRID_MAPPING
 from ..errors import InputError, OutputError, one_line
 
+STD_SUFFIX, MEMBERS_SUFFIX = "_std", "_members"
+ENSEMBLE_AXIS = "realization"  # the scalar coordinate the statistics' cell_methods name
 PACK_FILL = np.int16(-32768)
 PACK_MAX = 32767
 FLETCHER32, SHUFFLE, DEFLATE = h5py.h5z.FILTER_FLETCHER32, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE
@@ -62,6 +70,33 @@ class OutputSpec:
     complevel: int = 4
     pack_range: dict[str, tuple[float, float]] = field(default_factory=dict)  # physical (lo, hi) per channel
     attrs: dict = field(default_factory=dict)
+    members: int = 1  # > 1: an ensemble (mean under the channel's name, its standard deviation beside it)
+    keep_members: bool = False  # also every member, along a ``member`` dimension
+
+    @property
+    def variables(self) -> list[str]:
+        return variable_names(self.channels, self.members, self.keep_members)
+
+    @property
+    def planes(self) -> list[tuple[str, int | None]]:
+        """(variable, member index or None) of each (rows, W) plane of a band block, in block order:
+        the channels (ensemble means), their standard deviations, then member by member."""
+        out: list[tuple[str, int | None]] = [(v, None) for v in self.variables if not v.endswith(MEMBERS_SUFFIX)]
+        if self.members > 1 and self.keep_members:
+            out += [(c + MEMBERS_SUFFIX, m) for m in range(self.members) for c in self.channels]
+        return out
+
+    def channel_of(self, name: str) -> str:
+        for suffix in (STD_SUFFIX, MEMBERS_SUFFIX):
+            if name.endswith(suffix) and name[:-len(suffix)] in self.channels:
+                return name[:-len(suffix)]
+        return name
+
+    def dims_of(self, name: str) -> tuple[str, ...]:
+        return ("member", "y", "x") if name.endswith(MEMBERS_SUFFIX) else ("y", "x")
+
+    def chunks_of(self, name: str) -> tuple[int, ...]:
+        return (1, *self.chunks) if name.endswith(MEMBERS_SUFFIX) else self.chunks
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,8 +107,11 @@ class OutputSpec:
         return min(self.chunk, self.shape[0]), min(self.chunk, self.shape[1])
 
     def packing_of(self, name: str) -> tuple[float, float]:
-        """(scale_factor, add_offset): 2 * 32767 steps over the channel's range (-32768 is the fill)."""
-        lo, hi = self.pack_range[name]
+        """(scale_factor, add_offset): 2 * 32767 steps over the channel's range (-32768 is the fill);
+        a standard deviation over [0, half the range]."""
+        lo, hi = self.pack_range[self.channel_of(name)]
+        if name.endswith(STD_SUFFIX) and name != self.channel_of(name):
+            lo, hi = 0.0, (hi - lo) / 2
         return (hi - lo) / (2 * PACK_MAX), (hi + lo) / 2
 
     def pack(self, name: str, v: np.ndarray) -> np.ndarray:
@@ -92,6 +130,32 @@ class OutputSpec:
         return np.float32(np.nan) if self.packing == "float32" else PACK_FILL
 
 
+def variable_names(channels: list[str], members: int = 1, keep_members: bool = False) -> list[str]:
+    """The data variables of an output: one per channel, plus ``_std`` (and ``_members``) for an ensemble."""
+    names = list(channels)
+    if members > 1:
+        names += [c + STD_SUFFIX for c in channels]
+        if keep_members:
+            names += [c + MEMBERS_SUFFIX for c in channels]
+    return names
+
+
+def _variable_attrs(spec: OutputSpec, name: str) -> dict:
+    chan = spec.channel_of(name)
+    attrs = dict(spec.channel_attrs.get(chan, {}), grid_mapping=GRID_MAPPING)
+    if spec.members > 1:
+        long = attrs.get("long_name", chan)
+        if name.endswith(STD_SUFFIX) and name != chan:
+            attrs.update(long_name=f"{long} (ensemble standard deviation, {spec.members} members)",
+                         cell_methods=f"{ENSEMBLE_AXIS}: standard_deviation", coordinates=ENSEMBLE_AXIS)
+        elif name == chan:
+            attrs.update(long_name=f"{long} (ensemble mean, {spec.members} members)",
+                         cell_methods=f"{ENSEMBLE_AXIS}: mean", coordinates=ENSEMBLE_AXIS)
+        else:
+            attrs.update(long_name=f"{long} (ensemble members)")
+    return attrs
+
+
 def create_output(path: Path, spec: OutputSpec) -> None:
     """The file skeleton (dimensions, coordinates, grid mapping, empty chunked variables, attributes)."""
     import netCDF4
@@ -106,12 +170,23 @@ def create_output(path: Path, spec: OutputSpec) -> None:
             v[:] = values
         gm = nc.createVariable(GRID_MAPPING, "i4", ())
         gm.setncatts(spec.grid.cf_grid_mapping())
-        for name in spec.channels:
+        if spec.members > 1:  # the collapsed member axis of the statistics (CF 7.3.4), then the members
+            r = nc.createVariable(ENSEMBLE_AXIS, "i4", ())
+            r.setncatts({"standard_name": "realization", "units": "1",
+                         "long_name": f"ensemble members 0..{spec.members - 1} (collapsed)",
+                         "comment": f"statistics over {spec.members} members"})
+            r.assignValue(spec.members)
+        if spec.members > 1 and spec.keep_members:
+            nc.createDimension("member", spec.members)
+            m = nc.createVariable("member", "i4", ("member",))
+            m.setncatts({"standard_name": "realization", "long_name": "ensemble member", "units": "1"})
+            m[:] = np.arange(spec.members, dtype=np.int32)
+        for name in spec.variables:
             # complevel 0 means no deflate (and no shuffle) filter at all: netCDF-C drops them
-            v = nc.createVariable(name, spec.dtype, ("y", "x"), zlib=spec.complevel > 0, complevel=spec.complevel,
-                                  shuffle=spec.complevel > 0, fletcher32=True, chunksizes=spec.chunks,
-                                  fill_value=spec.fill)
-            attrs = dict(spec.channel_attrs.get(name, {}), grid_mapping=GRID_MAPPING)
+            v = nc.createVariable(name, spec.dtype, spec.dims_of(name), zlib=spec.complevel > 0,
+                                  complevel=spec.complevel, shuffle=spec.complevel > 0, fletcher32=True,
+                                  chunksizes=spec.chunks_of(name), fill_value=spec.fill)
+            attrs = _variable_attrs(spec, name)
             if spec.packing == "int16":
                 scale, offset = spec.packing_of(name)
                 attrs.update(scale_factor=np.float32(scale), add_offset=np.float32(offset),
@@ -173,11 +248,11 @@ def encode_chunk(block: np.ndarray, chunks: tuple[int, int], fill, filters: tupl
     return data
 
 
-def part_dcpl(spec: OutputSpec) -> h5py.h5p.PropDCID:
-    """The pipeline netCDF-C gives the output's channels, in its order (checksum first), so a part's
+def part_dcpl(spec: OutputSpec, name: str) -> h5py.h5p.PropDCID:
+    """The pipeline netCDF-C gives the output's variables, in its order (checksum first), so a part's
     chunks can be copied into the output verbatim (:func:`merge_part` checks that they agree)."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_chunk(spec.chunks)
+    dcpl.set_chunk(spec.chunks_of(name))
     dcpl.set_fill_value(np.array(spec.fill, spec.dtype))
     dcpl.set_fletcher32()
     if spec.complevel:
@@ -198,13 +273,15 @@ class BandSink:
         self.offset = row0 if part else 0  # where the band starts inside this file
         if part:
             self.h5 = h5py.File(path, "w")
-            space = h5py.h5s.create_simple((row1 - row0, spec.shape[1]), (h5py.h5s.UNLIMITED, spec.shape[1]))
-            for name in spec.channels:
+            for name in spec.variables:
+                lead = (spec.members,) if len(spec.dims_of(name)) == 3 else ()
+                space = h5py.h5s.create_simple((*lead, row1 - row0, spec.shape[1]),
+                                               (*lead, h5py.h5s.UNLIMITED, spec.shape[1]))
                 h5py.h5d.create(self.h5.id, name.encode(), h5py.h5t.py_create(np.dtype(spec.dtype)), space,
-                                dcpl=part_dcpl(spec))
+                                dcpl=part_dcpl(spec, name))
         else:
             self.h5 = h5py.File(path, "r+")
-        self.filters = {name: check_filters(path, name, filters_of(self.h5[name])) for name in spec.channels}
+        self.filters = {name: check_filters(path, name, filters_of(self.h5[name])) for name in spec.variables}
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chunk-deflate")
         self.pending: deque = deque()
         self.limit = 2 * max(1, threads)
@@ -214,16 +291,19 @@ class BandSink:
         return encode_chunk(self.spec.pack(name, block), self.spec.chunks, self.spec.fill, self.filters[name])
 
     def write(self, row: int, block: np.ndarray) -> None:
-        """(C, n, W) physical values for global rows [row, row + n), starting on a chunk row."""
+        """(planes, n, W) physical values for global rows [row, row + n), starting on a chunk row;
+        planes in :attr:`OutputSpec.planes` order (the channels when there is no ensemble)."""
         n = block.shape[1]
         cr, cc = self.spec.chunks
         assert self.row0 <= row and row + n <= self.row1 and (row - self.row0) % cr == 0
-        for k, name in enumerate(self.spec.channels):
+        assert block.shape[0] == len(self.spec.planes), "one block plane per output plane"
+        for k, (name, member) in enumerate(self.spec.planes):
+            lead = () if member is None else (member,)  # a member's chunk is (1, cr, cc): the same bytes
             for c in range(0, block.shape[2], cc):
                 part = block[k, :, c:c + cc]
                 if np.isfinite(part).any():  # all-space chunks stay unallocated: readers see the fill
                     fut = self.pool.submit(self._encode, name, part.copy())
-                    self.pending.append((name, (row - self.offset, c), fut))
+                    self.pending.append((name, (*lead, row - self.offset, c), fut))
             self._drain(self.limit)
 
     def _drain(self, keep: int) -> None:
@@ -240,19 +320,21 @@ class BandSink:
             self.h5.close()
 
 
-def merge_part(output: Path, part: Path, row0: int, channels: list[str]) -> int:
-    """Copy a part file's compressed chunks into the output at row offset ``row0``; returns chunks copied."""
+def merge_part(output: Path, part: Path, row0: int, variables: list[str]) -> int:
+    """Copy a part file's compressed chunks into the output at row offset ``row0`` (on the
+    second-to-last axis, ``y``); returns chunks copied."""
     n = 0
     with h5py.File(part, "r") as src, h5py.File(output, "r+") as dst:
-        for name in channels:
+        for name in variables:
             if filters_of(src[name]) != filters_of(dst[name]):  # verbatim copies need identical pipelines
                 raise OutputError(f"{part}: {name} filters {filters_of(src[name])} differ from the output's "
                                   f"{filters_of(dst[name])}")
             s, d = src[name].id, dst[name].id
             for i in range(s.get_num_chunks()):
                 info = s.get_chunk_info(i)
-                mask, data = s.read_direct_chunk(info.chunk_offset)
-                d.write_direct_chunk((info.chunk_offset[0] + row0, info.chunk_offset[1]), data, mask)
+                off = tuple(info.chunk_offset)
+                mask, data = s.read_direct_chunk(off)
+                d.write_direct_chunk((*off[:-2], off[-2] + row0, off[-1]), data, mask)
                 n += 1
     return n
 

@@ -129,16 +129,22 @@ class Cascade:
         steps = [1 if st.diffusion is None else st.diffusion.steps for st in self.stages]
         return 2 * self.scale + sum(n * st.model.receptive_margin() for n, st in zip(steps, self.stages))
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether members differ: some stage samples (the regression baseline is one pass)."""
+        return any(st.diffusion is not None for st in self.stages)
+
     def describe(self) -> str:
         return " -> ".join(f"stage {st.meta.get('stage')}" + ("" if st.diffusion is None else f" (T={st.diffusion.steps})")
                            for st in self.stages)
 
     @torch.no_grad()
-    def __call__(self, lr: torch.Tensor, lr_mask: torch.Tensor, origins: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, lr: torch.Tensor, lr_mask: torch.Tensor, origins: list[tuple[int, int]],
+                 member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised LR (N, C, h, w) + per-channel mask -> (normalised HR, NaN in the channels and
         pixels without input, HR pixel validity (N, 1, H, W)); ``origins`` are the global HR (row, col)
-        of each tile's top-left pixel."""
+        of each tile's top-left pixel; ``member`` picks the ensemble member's noise (0: the single sample)."""
         y, m = upsample_condition(lr, lr_mask, self.scale)
         for i, stage in enumerate(self.stages):
-            y = predict_x0(stage.model, stage.diffusion, y, m, GlobalNoise(self.seed * 16 + i), origins)
+            y = predict_x0(stage.model, stage.diffusion, y, m, GlobalNoise(self.seed * 16 + i, member), origins)
         return channel_fill(y, lr_mask, self.scale), m

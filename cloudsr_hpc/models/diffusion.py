@@ -106,6 +106,7 @@ def _to_signed(v: int) -> int:
 
 
 _K_CH, _K_ROW, _K_COL = (_to_signed(k) for k in (0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB))
+_K_MEMBER = 0x8EBC6AF09C88C6E3
 
 
 def _mix(z: torch.Tensor) -> torch.Tensor:
@@ -118,13 +119,16 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
 
 
 class GlobalNoise:
-    """Standard normal noise that is a pure function of (seed, step, channel, global row, column).
+    """Standard normal noise that is a pure function of (seed, member, step, channel, global row, column).
 
     Two tiles covering the same global pixel get the same value there, whatever their size,
-    offset, batch or rank: the overlap of two tiles blends one sample, not two."""
+    offset, batch or rank: the overlap of two tiles blends one sample, not two.  ``member`` selects
+    an independent stream for each ensemble member; member 0 is the single-sample stream."""
 
-    def __init__(self, seed: int):
-        self.seed = int(seed)
+    def __init__(self, seed: int, member: int = 0):
+        if member < 0:
+            raise ValueError(f"member must be >= 0, got {member}")
+        self.seed, self.member = int(seed), int(member)
 
     def _uniform(self, key: torch.Tensor) -> torch.Tensor:
         bits = _mix(key) >> 11 & ((1 << 53) - 1)  # 53 random bits -> (0, 1)
@@ -137,7 +141,8 @@ class GlobalNoise:
         c = torch.arange(col0, col0 + w, dtype=torch.int64, device=device).view(1, 1, w)
         ch = torch.arange(channels, dtype=torch.int64, device=device).view(channels, 1, 1)
         # chain the coordinates through the avalanche mix, each with its own odd multiplier
-        base = _to_signed(((self.seed * 0x9E3779B97F4A7C15) ^ (step * 0xC2B2AE3D27D4EB4F)) & _MASK64)
+        base = _to_signed(((self.seed * 0x9E3779B97F4A7C15) ^ (step * 0xC2B2AE3D27D4EB4F)
+                           ^ (self.member * _K_MEMBER)) & _MASK64)
         key = _mix(ch * _K_CH + base)
         key = _mix(key + r * _K_ROW)
         key = _mix(key + c * _K_COL)

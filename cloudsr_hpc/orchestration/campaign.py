@@ -178,7 +178,7 @@ def scene_rows(cdir: Path, spec: CampaignSpec, registry, counts: dict):
             except CloudSRError:
                 files = []
                 counts["missing"] += 1
-            yield t.isoformat(), files, str(out / output_name(pair.name, cfg.stages, t))
+            yield t.isoformat(), files, str(out / output_name(pair.name, cfg.stages, t, cfg.members))
     return rows()
 
 
