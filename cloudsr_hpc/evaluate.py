@@ -1,6 +1,6 @@
 """Score super-resolution methods under one protocol and write the paper-style table and plots.
 
-    python -m cloudsr_hpc.evaluate --config configs/evaluate.yaml [--hr SCENE.nc --scale 4] --out DIR
+    python -m cloudsr_hpc.evaluate --config configs/evaluate.yaml [--hr SCENE.nc --scale 4] [--members N] --out DIR
 
 (``python -m cloudsr_hpc.submit evaluate`` is the user-facing form; it also picks checkpoints up
 from ``--checkpoints``.)  Without ``--hr`` the held-out pairs of ``pairs`` are used.
@@ -52,7 +52,10 @@ def run(cfg: EvaluateConfig, out_dir: str | Path, hr: str | None = None, scale: 
     ev.lpips_label, ev.lpips_note = label, note
     paths = write_report(ev, out_dir, title, cfg.fss.table_window, cfg.pair)
     print(Path(paths["markdown"]).read_text())
-    return {"outputs": paths, "overall": {m: s["overall"] for m, s in ev.scores.items()}}
+    res = {"outputs": paths, "overall": {m: s["overall"] for m, s in ev.scores.items()}}
+    if ev.ensemble:
+        res["ensemble"] = {m: e["overall"] for m, e in ev.ensemble.items()}
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--hr", help="an HR scene in canonical NetCDF: self-supervised protocol")
     p.add_argument("--scale", type=int, help="expected scale of the checkpoints (checked)")
+    p.add_argument("--members", type=int, metavar="N", help="ensemble members per stochastic method (evaluate.members)")
     p.add_argument("--out", help="output directory (default: out_dir of the config)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def go() -> int:
-        cfg = load(EvaluateConfig, args.config, args.set)
+        cfg = load(EvaluateConfig, args.config, args.set + [f"members={args.members}"] * (args.members is not None))
         res = run(cfg, args.out or cfg.out_dir, args.hr, args.scale)
         print(json.dumps(res["outputs"]))
         return 0

@@ -232,3 +232,42 @@ def tile_edge_cols(n_lr: int, tile: int, overlap: int, scale: int) -> list[int]:
     from ..inference.tiling import tile_origins
     starts = tile_origins(n_lr, min(tile, n_lr), overlap)
     return sorted({c * scale for c in starts if c > 0} | {(c + tile) * scale for c in starts if c + tile < n_lr})
+
+
+# --------------------------------------------------------------------------- ensemble scores
+def crps_ensemble(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-pixel "fair" (unbiased) ensemble CRPS of members (N, ...) against ``truth`` (...):
+
+        mean_i |X_i - y|  -  1 / (2 N (N - 1)) sum_{i,j} |X_i - X_j|
+
+    (Ferro 2014; the expected CRPS of the ensemble's distribution, unbiased for a finite N).  The
+    pair term is computed in O(N log N) from the sorted members, sum_{i,j} |X_i - X_j| =
+    2 sum_i (2i - N - 1) X_(i).  One member: the absolute error (a deterministic forecast's CRPS)."""
+    n = members.shape[0]
+    skill = (members - truth).abs().mean(0)
+    if n == 1:
+        return skill
+    xs = members.sort(dim=0).values
+    w = (2 * torch.arange(1, n + 1, dtype=xs.dtype, device=xs.device) - n - 1).view(n, *([1] * (xs.dim() - 1)))
+    return skill - (w * xs).sum(0) / (n * (n - 1))
+
+
+def truth_ranks(members: torch.Tensor, truth: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rank of the truth among N members (0..N: the number of members below it), ties with
+    members broken uniformly at random (``generator``), so a perfect ensemble gives a flat histogram."""
+    below = (members < truth).sum(0)
+    ties = (members == truth).sum(0)
+    tied = ties > 0
+    if bool(tied.any()):
+        u = torch.rand(int(tied.sum()), generator=generator, dtype=torch.float64)
+        below[tied] += (u * (ties[tied] + 1).double()).long().clamp_max(ties[tied])
+    return below
+
+
+def spread_skill_ratio(var_sum, sq_err_sum, count, n_members: int) -> float:
+    """sqrt((N + 1) / N * mean unbiased ensemble variance) / RMSE of the ensemble mean (Fortin et
+    al. 2014): 1 for a statistically consistent ensemble, < 1 under-dispersive, > 1 over-dispersive."""
+    var_sum, sq_err_sum, count = (float(v) for v in (var_sum, sq_err_sum, count))
+    if n_members < 2 or count == 0 or sq_err_sum == 0:
+        return math.nan
+    return math.sqrt((n_members + 1) / n_members * var_sum / count) / math.sqrt(sq_err_sum / count)

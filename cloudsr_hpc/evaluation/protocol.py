@@ -11,6 +11,14 @@ Two protocols:
     pipeline (position-keyed noise, fixed parameters drawn from the seed), super-resolved tile by
     tile and compared, streaming row bands: memory is the LR scene plus a few bands, whatever the
     HR size (a 3712 x 3712 scene needs no scene-sized array).
+
+Ensembles (``members`` N > 1): each stochastic method (some stage samples) also draws members
+1..N-1 (member 0 is the single sample, scored exactly as with N = 1); :class:`EnsembleSums` scores
+the N members (CRPS, spread-skill, rank histogram) and the ensemble mean gets every measure of
+:class:`ScoreSums` under the key ``<method>_ensemble_mean``.  Deterministic methods (bicubic, the
+regression baseline) get their MAE, the CRPS of a deterministic forecast.  On a scene the members of
+a tile are stitched as extra channels (:class:`MemberStack`), so memory grows with N times a band,
+never N scenes.
 """
 from __future__ import annotations
 
@@ -30,17 +38,50 @@ from ..models.cascade import Cascade, Stage, channel_fill, upsample_condition
 from ..models.diffusion import GlobalNoise
 from ..inference.pipeline import denormalise, peak_rss_mb
 from ..schema import DegradationConfig, EvaluateConfig
-from .scores import ScoreSums
+from .scores import EnsembleSums, ScoreSums
 
 log = logging.getLogger(__name__)
 
 LABELS = {"bicubic": "Bicubic", "regression": "Regression UNet", "stage1": "Stage 1 only (cross-sensor)",
           "stage2": "Stage 2 only (structure)", "cascade": "Cascade: Stage 1 -> Stage 2 (ours)"}
+ENSEMBLE_MEAN = "_ensemble_mean"  # score key of a method's ensemble mean: "cascade_ensemble_mean"
+
+
+def method_label(name: str, members: int = 1) -> str:
+    """The table label of a score key: LABELS, or "<label>, ensemble mean of N"."""
+    if name.endswith(ENSEMBLE_MEAN):
+        base = name[:-len(ENSEMBLE_MEAN)]
+        return f"{LABELS.get(base, base)}, ensemble mean of {members}"
+    return LABELS.get(name, name)
+
+
+def ensemble_size(method, members: int) -> int:
+    """Members drawn of a method: N for a stochastic one, 1 for a deterministic one (all equal)."""
+    return members if getattr(method, "stochastic", False) else 1
+
+
+class MemberStack:
+    """A method whose output is its members 0..n-1 concatenated along the channel axis (n * C):
+    the tile runner and the stitching treat them as channels, and blending is per channel, so each
+    member is stitched exactly as it would be alone.  Everything else is the method's."""
+
+    def __init__(self, method, n: int):
+        self.method, self.n = method, n
+
+    def __getattr__(self, key):
+        return getattr(self.method, key)
+
+    def __call__(self, lr, lr_mask, origins, member: int = 0):
+        if member:
+            raise ValueError("a MemberStack draws members 0..n-1 itself")
+        outs = [self.method(lr, lr_mask, origins, member=k) for k in range(self.n)]
+        return torch.cat([o[0] for o in outs], dim=1), outs[0][1]
 
 
 class Bicubic:
     """Bicubic interpolation with the cascade's interface (no stages, nothing learned)."""
     stages = ()
+    stochastic = False  # every ensemble member is the same
 
     def __init__(self, scale: int, norm, lr_channels: list[str], hr_channels: list[str]):
         self.scale, self.norm, self.lr_channels, self.hr_channels = scale, norm, lr_channels, hr_channels
@@ -56,7 +97,8 @@ class Bicubic:
     def describe(self) -> str:
         return "bicubic"
 
-    def __call__(self, lr, lr_mask, origins):
+    def __call__(self, lr, lr_mask, origins, member: int = 0):
+        """``member`` is accepted and ignored: every member of an interpolation is the same."""
         y, m = upsample_condition(lr, lr_mask, self.scale)
         return channel_fill(y, lr_mask, self.scale), m
 
@@ -107,6 +149,8 @@ class Evaluation:
     lpips_label: str | None = None
     lpips_note: str | None = None
     info: dict = field(default_factory=dict)
+    members: int = 1  # ensemble size of the stochastic methods
+    ensemble: dict[str, dict] = field(default_factory=dict)  # method -> EnsembleSums.result()
 
 
 def _hr_quantities(registry, pair_name: str, channels: list[str]) -> tuple[list[str], list[str]]:
@@ -114,11 +158,35 @@ def _hr_quantities(registry, pair_name: str, channels: list[str]) -> tuple[list[
     return [sensor.channel(c).quantity for c in channels], [sensor.channel(c).units for c in channels]
 
 
-def _finish(ev: Evaluation, sums: dict[str, ScoreSums]) -> Evaluation:
+def _finish(ev: Evaluation, sums: dict[str, ScoreSums], ens: dict[str, EnsembleSums] | None = None) -> Evaluation:
     for name, s in sums.items():
         ev.scores[name] = s.result()
         ev.spectra[name] = s.spectra()
+    for name, e in (ens or {}).items():
+        ev.ensemble[name] = e.result()
     return ev
+
+
+def _score_sums(cfg: EvaluateConfig, all_methods: dict, make_sums, chans, quantities, norm, units
+                ) -> tuple[dict[str, ScoreSums], dict[str, EnsembleSums], dict[str, int]]:
+    """ScoreSums per method (and, N > 1, per stochastic method's ensemble mean, right after it),
+    EnsembleSums per method when N > 1, and the members each method draws."""
+    sums, ens, sizes = {}, {}, {}
+    for name, meth in all_methods.items():
+        sizes[name] = ensemble_size(meth, cfg.members)
+        sums[name] = make_sums()
+        if cfg.members > 1:
+            if sizes[name] > 1:
+                sums[name + ENSEMBLE_MEAN] = make_sums()
+            ens[name] = EnsembleSums(chans, quantities, norm, sizes[name], cfg.seed, units)
+    return sums, ens, sizes
+
+
+def _info_members(ev: Evaluation, cfg: EvaluateConfig, sizes: dict[str, int]) -> None:
+    if cfg.members > 1:
+        ev.members = cfg.members
+        ev.info["members"] = cfg.members
+        log.info("ensembles of %d members: %s", cfg.members, [m for m, k in sizes.items() if k > 1] or "no stochastic method")
 
 
 def training_degradation(methods: dict) -> DegradationConfig:
@@ -150,10 +218,12 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
     quantities, units = _hr_quantities(registry, val.attrs["pair"], chans)
     all_methods = {"bicubic": Bicubic(val.scale, norm_hr, first.lr_channels, chans)} if "bicubic" in cfg.methods else {}
     all_methods.update(methods)
-    sums = {m: ScoreSums(chans, quantities, norm_hr, val.scale, cfg, perceptual) for m in all_methods}
+    sums, ens, sizes = _score_sums(cfg, all_methods, lambda: ScoreSums(chans, quantities, norm_hr, val.scale, cfg, perceptual),
+                                   chans, quantities, norm_hr, units)
     n = min(len(val), cfg.max_pairs) if cfg.max_pairs else len(val)
     ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(min(n, 256))]))  # the most structured pair
     ev = Evaluation("held-out pairs", chans, val.scale, units=units, info={"pairs": n, "source": str(cfg.pairs)})
+    _info_members(ev, cfg, sizes)
     for start in range(0, n, cfg.batch_size):
         idx = list(range(start, min(n, start + cfg.batch_size)))
         b = {k: torch.stack([val[i][k] for i in idx]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
@@ -163,6 +233,13 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
             pred, m = meth(x, b["lr_mask"], origins)
             pred = renorm(pred, meth.output_norm(), norm_hr)
             sums[name].add(pred.nan_to_num(), b["hr"], m * b["hr_mask"] * pred.isfinite())
+            if name in ens:  # member 0 is the sample just scored; members 1..N-1 drawn here
+                members = torch.stack([pred] + [renorm(meth(x, b["lr_mask"], origins, member=k)[0], meth.output_norm(), norm_hr)
+                                                for k in range(1, sizes[name])])
+                ens[name].add(members, b["hr"], m * b["hr_mask"])
+                if sizes[name] > 1:
+                    mean = members.mean(0)
+                    sums[name + ENSEMBLE_MEAN].add(mean.nan_to_num(), b["hr"], m * b["hr_mask"] * mean.isfinite())
             if ex in idx:
                 ev.example[name] = denormalise(pred[idx.index(ex)].numpy(), *norm_hr)
         if ex in idx:
@@ -170,7 +247,7 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
             ev.example["lr"] = denormalise(b["lr"][j].numpy(), *norm_lr)
             ev.example["hr"] = np.where(b["hr_mask"][j].numpy() > 0, denormalise(b["hr"][j].numpy(), *norm_hr), np.nan)
         log.info("evaluated %d/%d pairs", idx[-1] + 1, n)
-    return _finish(ev, sums)
+    return _finish(ev, sums, ens)
 
 
 # --------------------------------------------------------------------------- scene protocol
@@ -298,21 +375,37 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
         all_methods.update(methods)
         tiles = plan_tiles(lr_valid, cfg.tile_lr, cfg.overlap_lr)
         tile_rows = max(t.rows for t in tiles)
-        sums = {}
+        sums, ens, sizes = _score_sums(cfg, all_methods, lambda: ScoreSums(chans, quantities, norm, s, cfg, perceptual),
+                                       chans, quantities, norm, units)
+        _info_members(ev, cfg, sizes)
+        nc_ = len(chans)
         for name, meth in all_methods.items():
-            sums[name] = sc = ScoreSums(chans, quantities, norm, s, cfg, perceptual)
-            runner = TileRunner(meth, device, cfg.batch_size)
+            sc, k = sums[name], sizes[name]
+            # members 0..k-1 of each tile stitched as k x C channels: every member blended as alone
+            runner = TileRunner(MemberStack(meth, k) if k > 1 else meth, device, cfg.batch_size)
             blend = blend_geometry(cfg.overlap_lr * s, meth.receptive_margin_hr())
             x = renorm(lr, norm, meth.input_norm())
-            stream = stitch_rows(runner.run(x, tiles), lr_valid.shape, s, blend, len(chans), 0, h,
+            stream = stitch_rows(runner.run(x, tiles), lr_valid.shape, s, blend, nc_ * k, 0, h,
                                  cfg.band_rows, tile_rows)
             zoom_rows = np.full((len(chans), zoom * s, zoom * s), np.nan, np.float32)
-            for row, blk, (ta, tb) in with_halo(stream, sc.halo):
+            for row, blk_all, (ta, tb) in with_halo(stream, sc.halo):
+                blk = blk_all[:nc_]  # member 0: the single sample
                 hr, _ = _read_rows(nc, chans, row, row + blk.shape[1], w, norm)
                 pred = renorm(np.nan_to_num(blk), meth.output_norm(), norm)
                 mask = (np.isfinite(hr) & np.isfinite(blk)).astype(np.float32)  # per channel
-                sc.add(torch.from_numpy(pred)[None], torch.from_numpy(np.nan_to_num(hr))[None],
-                       torch.from_numpy(mask)[None], (ta, tb))
+                hr_t = torch.from_numpy(np.nan_to_num(hr))[None]
+                sc.add(torch.from_numpy(pred)[None], hr_t, torch.from_numpy(mask)[None], (ta, tb))
+                if name in ens:
+                    members = renorm(blk_all.reshape(k, nc_, *blk.shape[1:]), meth.output_norm(), norm)  # NaN kept
+                    hr_ok = np.isfinite(hr)
+                    ens[name].add(torch.from_numpy(members)[:, None], hr_t,
+                                  torch.from_numpy(hr_ok.astype(np.float32))[None], (ta, tb))
+                    if k > 1:
+                        mean = members.mean(0)
+                        sums[name + ENSEMBLE_MEAN].add(
+                            torch.from_numpy(np.nan_to_num(mean))[None], hr_t,
+                            torch.from_numpy((hr_ok & np.isfinite(mean)).astype(np.float32))[None], (ta, tb))
+                    del members
                 lo_r, hi_r = max(row + ta, hz[0].start), min(row + tb, hz[0].stop)
                 if lo_r < hi_r:
                     zoom_rows[:, lo_r - hz[0].start:hi_r - hz[0].start] = np.where(
@@ -320,4 +413,4 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
             ev.example[name] = denormalise(zoom_rows, *norm)
             log.info("scored %s over %dx%d HR pixels; peak RSS %d MB", name, h, w, peak_rss_mb())
         ev.info["peak_rss_mb"] = peak_rss_mb()
-    return _finish(ev, sums)
+    return _finish(ev, sums, ens)

@@ -3,6 +3,11 @@
 The paper's published figures (``configs/published.yaml``) are printed beside ours under their own
 heading: they were measured on real SEVIRI/VIIRS/FCI scenes, ours on whatever data was evaluated,
 so the two are not comparable -- the table says so.
+
+With an ensemble (``members`` > 1) the ensemble means have their own rows in the main table, and an
+"Ensemble" table (CRPS, MAE of member 0, spread-skill, truth outside the ensemble), extra CSV
+columns, an ``ensemble`` JSON section and ``rank_histogram.png`` are added; with one member the
+outputs are exactly those without the option.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import numpy as np
 from ..config import config_path, read_yaml
 from ..training.checkpoint import write_text_atomic
 from .plots import pyplot, save_figure
-from .protocol import LABELS, Evaluation
+from .protocol import ENSEMBLE_MEAN, LABELS, Evaluation, method_label
 
 
 def _fmt(v, digits: int) -> str:
@@ -35,13 +40,15 @@ def markdown(ev: Evaluation, title: str, table_window: int, published: dict | No
              "|---|---|---|---|---|---|---|"]
     for name, sc in ev.scores.items():
         o = sc["overall"]
-        lines.append(f"| {LABELS.get(name, name)} | {_fmt(o['psnr'], 2)} | {_fmt(o['ssim'], 3)} | {_fmt(o['grad'], 3)} | "
+        lines.append(f"| {method_label(name, ev.members)} | {_fmt(o['psnr'], 2)} | {_fmt(o['ssim'], 3)} | {_fmt(o['grad'], 3)} | "
                      f"{_fmt(o['lpips'], 3)} | {_fmt(o['spectrum'], 3)} | {_fmt(o['fss'][table_window], 3)} |")
     if ev.lpips_note:
         lines += ["", f"Percep: {ev.lpips_note}"]
     lines += ["", "Grad: mean Sobel gradient magnitude SR / HR. Spectrum ratio: radially averaged power of SR / HR "
               f"beyond the LR Nyquist wavenumber (k > {0.5 / ev.scale:.3f} cycles/px). FSS: fractions skill score of "
               f"cloud masks in a {table_window}x{table_window} HR-pixel neighbourhood, mean over thresholds and channels."]
+    if ev.ensemble:
+        lines += ensemble_markdown(ev)
     if published:
         lines += ["", f"#### Published (Gani et al., ICLR 2026 ML4RS) — {published['note']}", "",
                   "| Method | pair | PSNR (dB) ↑ | Grad (≈ 1) | Percep (LPIPS) ↓ |", "|---|---|---|---|---|"]
@@ -51,18 +58,64 @@ def markdown(ev: Evaluation, title: str, table_window: int, published: dict | No
     return "\n".join(lines) + "\n"
 
 
+def ensemble_markdown(ev: Evaluation) -> list[str]:
+    """The "Ensemble" table: per method, its members, CRPS over the brightness-temperature (IR)
+    channels in K and over all channels in normalised units, the MAE of member 0 (a deterministic
+    method's CRPS), the spread-skill ratio and how often the truth falls outside the ensemble."""
+    n = ev.members
+    ir = "brightness_temperature"
+    lines = ["", f"#### Ensemble ({n} members per stochastic method)", "",
+             "| Method | N | CRPS IR (K) ↓ | CRPS all ↓ | MAE IR (K), member 0 | MAE all, member 0 | "
+             f"Spread/skill (≈ 1) | Outside ensemble (ideal {2 / (n + 1):.3f}) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in ev.ensemble.items():
+        o, q = e["overall"], e["by_quantity"].get(ir, {})
+        det = e["deterministic"]
+        lines.append(f"| {LABELS.get(name, name)} | {'1 (deterministic)' if det else e['members']} | "
+                     f"{_fmt(q.get('crps'), 3)} | {_fmt(o['crps'], 4)} | {_fmt(q.get('mae'), 3)} | {_fmt(o['mae'], 4)} | "
+                     f"{'—' if det else _fmt(o['spread_skill'], 3)} | {'—' if det else _fmt(o['outside'], 3)} |")
+    lines += ["", "CRPS: fair ensemble CRPS, mean |X_i − y| − Σ_ij |X_i − X_j| / (2N(N−1)), averaged over valid "
+              "pixels; IR: the brightness-temperature channels in K, all: every channel in normalised units (range 2). "
+              "For a deterministic method (one member) the CRPS is its MAE, the reference a CRPS is compared with. "
+              "Spread/skill: sqrt((N+1)/N · mean unbiased member variance) / RMSE of the ensemble mean "
+              "(Fortin et al. 2014; < 1 under-dispersive, > 1 over-dispersive). Outside: fraction of pixels whose truth "
+              "ranks below or above every member (the rank histogram's end bins, ties broken at random; rank_histogram.png)."]
+    return lines
+
+
 def csv_rows(ev: Evaluation) -> str:
     """One row per method and channel (and 'all'), every measure; FSS per window."""
     windows = sorted(next(iter(ev.scores.values()))["overall"]["fss"])
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "channel", "psnr_db", "ssim", "grad_ratio", "lpips", "spectrum_ratio"] + [f"fss_{k}px" for k in windows])
+    ens_cols = ["members", "crps", "crps_physical", "mae_member0", "mae_member0_physical", "spread_skill",
+                "rmse_ensemble_mean", "outside_fraction", "rank_histogram"] if ev.ensemble else []
+    w.writerow(["method", "channel", "psnr_db", "ssim", "grad_ratio", "lpips", "spectrum_ratio"] + [f"fss_{k}px" for k in windows]
+               + ens_cols)
     for name, sc in ev.scores.items():
         rows = [("all", sc["overall"])] + list(sc["channels"].items())
         for ch, v in rows:
             w.writerow([name, ch] + [_fmt(v[m], 5) for m in ("psnr", "ssim", "grad", "lpips", "spectrum")]
-                       + [_fmt(v["fss"][k], 5) for k in windows])
+                       + [_fmt(v["fss"][k], 5) for k in windows] + (_ensemble_cells(ev, name, ch) if ens_cols else []))
     return buf.getvalue()
+
+
+def _ensemble_cells(ev: Evaluation, name: str, ch: str) -> list[str]:
+    """The ensemble columns of a CSV row: blank for an ensemble-mean row (its scores are the others)."""
+    e = ev.ensemble.get(name)
+    if e is None:
+        return [""] * 9
+    v = e["overall"] if ch == "all" else e["channels"][ch]
+    hist = v.get("rank_histogram")
+    return [str(e["members"]), _fmt(v["crps"], 5), "" if ch == "all" else _fmt(v["crps_physical"], 5), _fmt(v["mae"], 5),
+            "" if ch == "all" else _fmt(v["mae_physical"], 5), _fmt(v.get("spread_skill"), 5), _fmt(v.get("rmse_mean"), 5),
+            _fmt(v.get("outside"), 5), " ".join(map(str, hist)) if hist else ""]
+
+
+def _short(name: str) -> str:
+    """A legend label: "Cascade", "Stage 2 only", "Cascade mean"."""
+    base = name[:-len(ENSEMBLE_MEAN)] if name.endswith(ENSEMBLE_MEAN) else name
+    return LABELS.get(base, base).split(":")[0].split(" (")[0] + (" mean" if base != name else "")
 
 
 def plot_grad_ratio(ev: Evaluation, path: Path) -> Path:
@@ -76,7 +129,8 @@ def plot_grad_ratio(ev: Evaluation, path: Path) -> Path:
         ax.bar(np.arange(len(names)) + (j - len(ev.channels) / 2) * width, vals, width,
                label=ch, color="k" if ch == "all" else None, alpha=1.0 if ch == "all" else 0.7)
     ax.axhline(1.0, color="r", lw=1, ls="--", label="ideal (= HR)")
-    ax.set_xticks(range(len(names)), [LABELS.get(n, n).replace(": ", ":\n").replace(" (", "\n(") for n in names], fontsize=7)
+    ax.set_xticks(range(len(names)), [method_label(n, ev.members).replace(": ", ":\n").replace(" (", "\n(").replace(", ", "\n")
+                                      for n in names], fontsize=7)
     ax.set_ylabel("gradient ratio SR / HR")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"Gradient preservation ({ev.protocol})", fontsize=9)
@@ -93,7 +147,7 @@ def plot_spectra(ev: Evaluation, path: Path) -> Path:
         k, _, hr = next(iter(ev.spectra.values()))
         ax.loglog(k, hr[c], "k", lw=2, label="HR")
         for name, (k, p, _) in ev.spectra.items():
-            ax.loglog(k, p[c], lw=1, label=LABELS.get(name, name).split(":")[0].split(" (")[0])
+            ax.loglog(k, p[c], lw=1, ls="--" if name.endswith(ENSEMBLE_MEAN) else "-", label=_short(name))
         ax.axvline(0.5 / ev.scale, color="grey", ls=":", lw=1)
         ax.set_title(ch, fontsize=9)
         ax.set_xlabel("k (cycles / HR px)", fontsize=8)
@@ -127,6 +181,32 @@ def plot_panel(ev: Evaluation, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_rank_histogram(ev: Evaluation, path: Path) -> Path:
+    """Rank histograms of the truth among each stochastic method's members, one panel per channel,
+    as relative frequency x (N + 1) (flat at 1 for a consistent ensemble; U-shaped: under-dispersive,
+    domed: over-dispersive, sloped: biased)."""
+    plt = pyplot()
+    methods = {n: e for n, e in ev.ensemble.items() if not e["deterministic"]}
+    fig, axes = plt.subplots(1, len(ev.channels), figsize=(3.0 * len(ev.channels), 3.0), squeeze=False, sharey=True)
+    for c, ch in enumerate(ev.channels):
+        ax = axes[0, c]
+        for name, e in methods.items():
+            h = np.asarray(e["channels"][ch]["rank_histogram"], np.float64)
+            if h.sum() == 0:
+                continue
+            ranks = np.arange(len(h))
+            ax.step(ranks, h / h.sum() * len(h), where="mid", lw=1.2, label=_short(name))
+        ax.axhline(1.0, color="k", lw=1, ls="--", label="flat (consistent)")
+        ax.set_title(ch, fontsize=9)
+        ax.set_xlabel(f"rank of truth among {ev.members} members", fontsize=8)
+        if c == 0:
+            ax.set_ylabel("frequency x (N + 1)", fontsize=8)
+            ax.legend(fontsize=6)
+    fig.suptitle(f"Rank histograms ({ev.protocol})", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def write_report(ev: Evaluation, out_dir: str | Path, title: str, table_window: int, pair: str) -> dict[str, str]:
     """metrics.md / .csv / .json and the three plots under ``out_dir``; returns their paths."""
     out = Path(out_dir)
@@ -139,10 +219,14 @@ def write_report(ev: Evaluation, out_dir: str | Path, title: str, table_window: 
     write_text_atomic(paths["csv"], csv_rows(ev))
     doc = {"protocol": ev.protocol, "info": ev.info, "scale": ev.scale, "channels": ev.channels,
            "lpips": ev.lpips_label, "lpips_note": ev.lpips_note, "scores": ev.scores}
+    if ev.ensemble:
+        doc["ensemble"] = {"members": ev.members, "methods": ev.ensemble}
     write_text_atomic(paths["json"], json.dumps(_finite(doc), indent=1) + "\n")
     paths["grad_ratio"] = plot_grad_ratio(ev, out / "grad_ratio.png")
     paths["spectra"] = plot_spectra(ev, out / "spectra.png")
     paths["panel"] = plot_panel(ev, out / "panel.png")
+    if any(not e["deterministic"] for e in ev.ensemble.values()):
+        paths["rank_histogram"] = plot_rank_histogram(ev, out / "rank_histogram.png")
     return {k: str(v) for k, v in paths.items()}
 
 

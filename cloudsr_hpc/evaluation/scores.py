@@ -10,9 +10,13 @@ per-channel values and one value over all channels:
   fss       fractions skill score of cloud masks (physical thresholds per quantity), averaged
             over the thresholds, per neighbourhood window (1 perfect, 0 no skill)
   lpips     mean LPIPS over tiles (None when the backbone is not staged)
+
+``EnsembleSums`` does the same for the N members of a stochastic method (fair CRPS, MAE of member 0,
+spread-skill ratio, rank histogram of the truth); one member gives a deterministic method's MAE.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,3 +163,103 @@ class ScoreSums:
                          for m in ("psnr", "ssim", "grad")}}
         return out
 
+
+
+class EnsembleSums:
+    """Ensemble scores of a method's N members (or, N = 1, a deterministic method's absolute
+    error) as additive sums per channel, so batches and row bands combine exactly:
+
+      crps          fair ensemble CRPS (:func:`metrics.crps_ensemble`) averaged over valid pixels;
+                    for N = 1 the MAE (a deterministic forecast's CRPS)
+      mae           mean |member 0 - truth|: the single sample's (or deterministic method's) error
+      spread_skill  sqrt((N + 1) / N * mean unbiased member variance) / RMSE of the ensemble mean
+      rank_histogram  counts of the truth's rank among the members (N + 1 bins), ties random
+
+    in normalised units and (x (hi - lo) / 2 per channel) the channel's physical units.  A pixel
+    counts where the mask, the truth and every member are valid."""
+
+    chunk = 1 << 21  # member values handled at once (float64 temporaries of a band stay small)
+
+    def __init__(self, channels: list[str], quantities: list[str], norm, n_members: int, seed: int = 0,
+                 units: list[str] | None = None):
+        self.channels, self.quantities, self.m = channels, quantities, int(n_members)
+        self.units = units or [""] * len(channels)
+        self.to_physical = (np.asarray(norm[1], np.float64) - np.asarray(norm[0], np.float64)) / 2.0
+        c = len(channels)
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.n, self.crps, self.ae0 = z(c), z(c), z(c)
+        self.var, self.se_mean, self.ae_mean = z(c), z(c), z(c)
+        self.hist = torch.zeros(c, self.m + 1, dtype=torch.int64)
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    @torch.no_grad()
+    def add(self, members: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+            rows: tuple[int, int] | None = None) -> None:
+        """Add normalised members (N, B, C, H, W) (NaN where invalid) against the target (B, C, H, W);
+        ``mask`` (B, 1 or C, H, W) as in :meth:`ScoreSums.add`; ``rows`` = the rows this block owns."""
+        if members.shape[0] != self.m:
+            raise ValueError(f"{members.shape[0]} members given, {self.m} expected")
+        own = slice(*rows) if rows else slice(None)
+        members, target, mask = members[..., own, :], target[..., own, :], mask[..., own, :]
+        per_channel = mask.shape[1] > 1
+        h, w = target.shape[-2:]
+        step = max(1, self.chunk // max(1, self.m * target.shape[0] * w))
+        for c in range(target.shape[1]):
+            for a in range(0, h, step):
+                x = members[:, :, c, a:a + step]
+                y = target[:, c, a:a + step]
+                v = (mask[:, c if per_channel else 0, a:a + step] > 0) & torch.isfinite(y) & torch.isfinite(x).all(0)
+                self._add_pixels(c, x[:, v].double(), y[v].double())
+
+    def _add_pixels(self, c: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Valid pixels of channel c: members (N, P), truth (P)."""
+        if y.numel() == 0:
+            return
+        self.n[c] += y.numel()
+        self.crps[c] += M.crps_ensemble(x, y).sum()
+        self.ae0[c] += (x[0] - y).abs().sum()
+        if self.m > 1:
+            mean = x.mean(0)
+            self.var[c] += x.var(0, unbiased=True).sum()
+            self.se_mean[c] += ((mean - y) ** 2).sum()
+            self.ae_mean[c] += (mean - y).abs().sum()
+            self.hist[c] += torch.bincount(M.truth_ranks(x, y, self.gen), minlength=self.m + 1)
+
+    # -- results
+    def _group(self, idx: list[int], physical: bool) -> dict:
+        n = float(self.n[idx].sum())
+        f = self.to_physical[idx] if physical else np.ones(len(idx))
+        tot = lambda s: float((s[idx].numpy() * f).sum())  # noqa: E731
+        nan = float("nan")
+        out = {"pixels": int(n), "crps": tot(self.crps) / n if n else nan, "mae": tot(self.ae0) / n if n else nan}
+        if self.m > 1:
+            var = float((self.var[idx].numpy() * f ** 2).sum())
+            se = float((self.se_mean[idx].numpy() * f ** 2).sum())
+            out.update({"mae_mean": tot(self.ae_mean) / n if n else nan,
+                        "rmse_mean": math.sqrt(se / n) if n else nan,
+                        "spread": math.sqrt((self.m + 1) / self.m * var / n) if n else nan,
+                        "spread_skill": M.spread_skill_ratio(var, se, n, self.m)})
+            hist = self.hist[idx].sum(0)
+            total = int(hist.sum())
+            out["outside"] = (int(hist[0]) + int(hist[-1])) / total if total else nan
+        return out
+
+    def result(self) -> dict:
+        """{"members", "deterministic", "overall": normalised units over all channels, "by_quantity":
+        physical units over the channels of each quantity, "channels": per channel (normalised and
+        ``*_physical``, plus the rank histogram)}."""
+        out = {"members": self.m, "deterministic": self.m == 1,
+               "overall": self._group(list(range(len(self.channels))), False), "by_quantity": {}, "channels": {}}
+        for q in sorted(set(self.quantities)):
+            idx = [c for c, qq in enumerate(self.quantities) if qq == q]
+            units = sorted({self.units[c] for c in idx})
+            out["by_quantity"][q] = {"channels": [self.channels[c] for c in idx], "units": units[0] if len(units) == 1 else "",
+                                     **self._group(idx, True)}
+        for c, name in enumerate(self.channels):
+            norm, phys = self._group([c], False), self._group([c], True)
+            d = {**norm, **{f"{k}_physical": v for k, v in phys.items() if k not in ("pixels", "spread_skill", "outside")},
+                 "units": self.units[c]}
+            if self.m > 1:
+                d["rank_histogram"] = self.hist[c].tolist()
+            out["channels"][name] = d
+        return out
