@@ -7,8 +7,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import resource
-
 
 @contextmanager
 def timed(results: dict, key: str):
@@ -17,12 +15,9 @@ def timed(results: dict, key: str):
     results[key] = round(time.perf_counter() - t0, 3)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def save(results: dict, out: str | Path) -> None:
-    results.setdefault("machine", {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()})
+    results.setdefault("machine", {"cpu": platform.processor() or platform.machine(),
+                                   "python": platform.python_version()})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, save, timed  # noqa: E402
+from common import save, timed  # noqa: E402
 
+from cloudsr_hpc.core.resources import peak_rss_mb  # noqa: E402
+from cloudsr_hpc.data.index import slot_times  # noqa: E402
 from cloudsr_hpc.data.pairs import PairBuilder  # noqa: E402
 from cloudsr_hpc.data.sensors import load_registry  # noqa: E402
-from cloudsr_hpc.data.index import slot_times  # noqa: E402
 from cloudsr_hpc.data.synthetic.archive import SyntheticArchive  # noqa: E402
 from cloudsr_hpc.schema import PairsConfig  # noqa: E402
 
@@ -38,8 +39,10 @@ def main() -> None:
             with timed(res, f"synth_small_{pair}_s"):
                 sa.write(slots)
             res[f"synth_small_{pair}_s_per_slot"] = round(res[f"synth_small_{pair}_s"] / args.slots, 3)
-            stats = PairBuilder(reg, reg.pair(pair), arch / pair, Path(tmp) / "pairs" / pair, PairsConfig()).run()
-            res[f"pairs_{pair}"] = {"pairs": stats.pairs, "hr_patches": stats.hr_patches, "seconds": round(stats.seconds, 2),
+            stats = PairBuilder(reg, reg.pair(pair), arch / pair, Path(tmp) / "pairs" / pair,
+                                PairsConfig()).run()
+            res[f"pairs_{pair}"] = {"pairs": stats.pairs, "hr_patches": stats.hr_patches,
+                                    "seconds": round(stats.seconds, 2),
                                     "patches_per_s": round(stats.patches_per_s, 1),
                                     "pairs_per_s": round(stats.pairs / stats.seconds, 1)}
         if args.full:

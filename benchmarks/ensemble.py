@@ -50,11 +50,12 @@ def main(argv=None) -> int:
                    "tiles": summary["tiles"]}
         print(f"members {n}: {runs[n]}", flush=True)
     base = runs[min(runs)]
-    for n, r in runs.items():
+    for r in runs.values():
         r["wall_vs_1"] = round(r["wall_s"] / base["wall_s"], 2)
         r["compute_vs_1"] = round(r["compute_s"] / base["compute_s"], 2)
         r["rss_vs_1"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 2)
-    save({"scene_lr": args.lr_size, "tile_lr": args.tile, "overlap_lr": args.overlap, "model": "stage 2, T=4, base 16",
+    save({"scene_lr": args.lr_size, "tile_lr": args.tile, "overlap_lr": args.overlap,
+          "model": "stage 2, T=4, base 16",
           "keep_members": args.keep_members, "threads": args.threads, "runs": runs}, args.out)
     return 0
 

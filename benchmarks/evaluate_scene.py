@@ -23,14 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import save  # noqa: E402
 
-CODE = ("import sys; from cloudsr_hpc.submit import main; from cloudsr_hpc.inference.pipeline import peak_rss_mb; "
-        "rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)")
+CODE = ("import sys; from cloudsr_hpc.submit import main; from cloudsr_hpc.core.resources import "
+        "peak_rss_mb; rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)")
 
 
 def run(hr: Path, out: Path, models, threads: int) -> dict:
     args = ["evaluate", "--hr", str(hr), "--scale", "4", "--methods", "bicubic,cascade", "--checkpoints",
-            str(models[0]), str(models[1]), "--out", str(out), "--set", "lpips=false", "--set", "batch_size=2",
-            "--set", f"cpu_threads={threads}"]
+            str(models[0]), str(models[1]), "--out", str(out), "--set", "lpips=false", "--set",
+            "batch_size=2", "--set", f"cpu_threads={threads}"]
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", CODE, *args], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -50,16 +50,19 @@ def main() -> None:
     args = ap.parse_args()
     from tests.conftest import make_export
     from tests.test_evaluate import write_hr_scene
-    res: dict = {"what": "submit evaluate --hr (bicubic + 2-stage tiny cascade, random weights), one process per scene"}
+    res: dict = {"what": "submit evaluate --hr (bicubic + 2-stage tiny cascade, random weights), one "
+                         "process per scene"}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        models = make_export(d / "s1", stage=1, base=8, seed=0), make_export(d / "s2", stage=2, base=8, seed=1)
+        models = (make_export(d / "s1", stage=1, base=8, seed=0),
+                  make_export(d / "s2", stage=2, base=8, seed=1))
         for name, rows in (("short", 928), ("full", 3712)):
             hr = write_hr_scene(d / f"{name}.nc", rows, 3712)
             res[name] = run(hr, d / f"ev_{name}", models, args.threads)
             print(name, res[name]["wall_s"], "s", res[name]["peak_rss_mb"], "MB", flush=True)
     s, f = res["short"], res["full"]
-    res["ratios"] = {"pixels": round(f["shape_hr"][0] * f["shape_hr"][1] / (s["shape_hr"][0] * s["shape_hr"][1]), 2),
+    pixels = f["shape_hr"][0] * f["shape_hr"][1] / (s["shape_hr"][0] * s["shape_hr"][1])
+    res["ratios"] = {"pixels": round(pixels, 2),
                      "wall": round(f["wall_s"] / s["wall_s"], 2),
                      "peak_rss": round(f["peak_rss_mb"] / s["peak_rss_mb"], 3),
                      "peak_rss_growth_mb": f["peak_rss_mb"] - s["peak_rss_mb"],

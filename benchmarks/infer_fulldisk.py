@@ -35,8 +35,9 @@ from scipy.ndimage import gaussian_filter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from common import peak_rss_mb, save, timed  # noqa: E402
+from common import save, timed  # noqa: E402
 
+from cloudsr_hpc.core.resources import peak_rss_mb  # noqa: E402
 from tests.conftest import make_export  # noqa: E402
 
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
@@ -89,12 +90,13 @@ def max_diff(a: str, b: str) -> dict:
 
 def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
     """(a): ScenePipeline.run vs TileRunner.run over the same tiles, one rank in this process."""
+    import torch
+
     from cloudsr_hpc.config import load
     from cloudsr_hpc.data.sensors import load_registry
     from cloudsr_hpc.inference.mpi import Ranks
     from cloudsr_hpc.inference.pipeline import ScenePipeline, read_input
     from cloudsr_hpc.schema import InferConfig
-    import torch
     cfg = load(InferConfig, "infer.yaml", cfg_sets + ["quicklook=false"])
     reg = load_registry()
     pipe = ScenePipeline(cfg, reg, Ranks(), out, progress=False)
@@ -119,8 +121,10 @@ def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
     fwd = min(f1, f2)
     hr_px = sc.values.shape[1] * sc.values.shape[2] * pipe.scale ** 2
     return {"device": str(pipe.device), "tiles": len(tiles), "lr_shape": list(sc.values.shape),
-            "pipeline_s": round(wall, 3), "forward_s": round(fwd, 3), "forward_runs_s": [round(f1, 3), round(f2, 3)],
-            "overhead": round(wall / fwd - 1, 4), "pipeline_seconds": {k: round(v, 3) for k, v in res.seconds.items()},
+            "pipeline_s": round(wall, 3), "forward_s": round(fwd, 3),
+            "forward_runs_s": [round(f1, 3), round(f2, 3)],
+            "overhead": round(wall / fwd - 1, 4),
+            "pipeline_seconds": {k: round(v, 3) for k, v in res.seconds.items()},
             "output_mpx_per_s": round(hr_px / 1e6 / wall, 2), "output_bytes": res.path.stat().st_size,
             "peak_rss_mb": res.peak_rss_mb}
 
@@ -128,6 +132,7 @@ def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
 def seams(cfg_sets: list[str], scene: Path, out: Path, n_lr: int, tile: int, overlap: int) -> dict:
     """(e): seam ratio of the last channel, blended (configured overlap) vs naive (no overlap)."""
     import xarray as xr
+
     from cloudsr_hpc.config import load
     from cloudsr_hpc.data.sensors import load_registry
     from cloudsr_hpc.evaluation.metrics import seam_ratio, tile_edge_cols
@@ -146,7 +151,8 @@ def seams(cfg_sets: list[str], scene: Path, out: Path, n_lr: int, tile: int, ove
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lr-size", type=int, default=352, help="side of the LR window scene for (a)/(b): 3x3 tiles of 128")
+    ap.add_argument("--lr-size", type=int, default=352,
+                    help="side of the LR window scene for (a)/(b): 3x3 tiles of 128")
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--overlap", type=int, default=16)
     ap.add_argument("--batch", type=int, default=3, help="tiles per forward (3 divides the 9 default tiles)")
@@ -155,24 +161,30 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="HR output chunk (rank bands start on chunk rows)")
     ap.add_argument("--steps", type=int, default=2, help="sampling steps per diffusion stage")
     ap.add_argument("--stages", default="cascade", choices=["1", "2", "cascade", "regression"])
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="torch threads per rank")
-    ap.add_argument("--full-disk", action="store_true", help="(c): 3712x3712 disk, tiny regression model, 2 ranks")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                    help="torch threads per rank")
+    ap.add_argument("--full-disk", action="store_true",
+                    help="(c): 3712x3712 disk, tiny regression model, 2 ranks")
     ap.add_argument("--out", default="benchmarks/results/infer_fulldisk.json")
     args = ap.parse_args()
     import torch
+
     import cloudsr_hpc.inference.pipeline  # noqa: F401 - imported first, for import_rss_mb
     from cloudsr_hpc.data.geometry import SEVIRI_FULL_DISK as FD
     mult = tuple(int(m) for m in args.mult.split(","))
     res: dict = {"settings": {"lr_size": args.lr_size, "tile_lr": args.tile, "overlap_lr": args.overlap,
-                              "batch_size": args.batch, "chunk": args.chunk, "base": args.base, "mult": list(mult),
+                              "batch_size": args.batch, "chunk": args.chunk, "base": args.base,
+                              "mult": list(mult),
                               "steps": args.steps, "stages": args.stages, "cpu_threads": args.threads,
                               "pair": "seviri_viirs"},
                  "import_rss_mb": round(peak_rss_mb(), 1)}  # every rank's floor: torch + the package
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ck = {f"{k}_checkpoint": str(make_export(tmp / k, stage=s, base=args.base, mult=mult, steps=args.steps))
+        ck = {f"{k}_checkpoint": str(make_export(tmp / k, stage=s, base=args.base, mult=mult,
+                                                 steps=args.steps))
               for k, s in (("stage1", 1), ("stage2", 2), ("regression", "regression"))}
-        sets = [f"tile_lr={args.tile}", f"overlap_lr={args.overlap}", f"batch_size={args.batch}", f"chunk={args.chunk}",
+        sets = [f"tile_lr={args.tile}", f"overlap_lr={args.overlap}", f"batch_size={args.batch}",
+                f"chunk={args.chunk}",
                 f"stages={args.stages}", f"cpu_threads={args.threads}", "quicklook=false",
                 *(f"{k}={v}" for k, v in ck.items())]
         n = args.lr_size  # a window on the western limb at the equator: a little space, mostly disk
@@ -181,22 +193,24 @@ def main() -> None:
 
         res["a_pipeline_vs_forward"] = a = in_process(sets, scene, tmp / "a")
         print(f"(a) {a['tiles']} tiles: pipeline {a['pipeline_s']} s vs forward {a['forward_s']} s "
-              f"-> overhead {100 * a['overhead']:.1f} % (target <= 10 %); {a['pipeline_seconds']}", flush=True)
+              f"-> overhead {100 * a['overhead']:.1f} % (target <= 10 %); {a['pipeline_seconds']}",
+              flush=True)
 
         (s1, w1), (s2, w2) = cli(1, scene, tmp / "n1", sets), cli(2, scene, tmp / "n2", sets)
         res["b_mpi"] = b = {"wall_s_1": w1, "wall_s_2": w2, "speedup": round(w1 / w2, 3),
                             "pipeline_s_1": s1["seconds"]["total"], "pipeline_s_2": s2["seconds"]["total"],
                             "pipeline_speedup": round(s1["seconds"]["total"] / s2["seconds"]["total"], 3),
                             "seconds_1": s1["seconds"], "seconds_2": s2["seconds"],  # rank 0's view
-                            "compute_s_per_rank_2": s2["compute_s_per_rank"], "tiles_per_rank_2": s2["tiles_per_rank"],
+                            "compute_s_per_rank_2": s2["compute_s_per_rank"],
+                            "tiles_per_rank_2": s2["tiles_per_rank"],
                             "peak_rss_mb_1": s1["peak_rss_mb"], "peak_rss_mb_2": s2["peak_rss_mb"],
                             "max_abs_diff": max_diff(s1["output"], s2["output"])}
         print(f"(b) mpiexec wall 1 rank {w1} s, 2 ranks {w2} s -> x{b['speedup']} (pipeline only "
               f"x{b['pipeline_speedup']}); max |n1 - n2| {b['max_abs_diff']}", flush=True)
 
         res["e_seams"] = e = seams(sets, scene, tmp / "e", n, args.tile, args.overlap)
-        print(f"(e) seam ratio (|d/dx| across tile edges / elsewhere; 1 = invisible): blended {e['blended']}, "
-              f"naive non-overlapping {e['naive']}", flush=True)
+        print("(e) seam ratio (|d/dx| across tile edges / elsewhere; 1 = invisible): blended "
+              f"{e['blended']}, naive non-overlapping {e['naive']}", flush=True)
 
         hr_px = FD.full_rows * FD.full_cols * 16  # x4 in each direction
         if args.full_disk or torch.cuda.is_available():
@@ -210,18 +224,25 @@ def main() -> None:
                 "stages=regression", f"regression_checkpoint={tiny}"]
             s, wall = cli(2, fd_scene, tmp / "fd", fd_sets)
             res["c_full_disk"] = c = {"model": "regression base=4 mult=1,2", "ranks": 2, "wall_s": wall,
-                                      "seconds": s["seconds"], "tiles": s["tiles"], "peak_rss_mb": s["peak_rss_mb"],
-                                      "compute_s_per_rank": s["compute_s_per_rank"], "tiles_per_rank": s["tiles_per_rank"],
+                                      "seconds": s["seconds"], "tiles": s["tiles"],
+                                      "peak_rss_mb": s["peak_rss_mb"],
+                                      "compute_s_per_rank": s["compute_s_per_rank"],
+                                      "tiles_per_rank": s["tiles_per_rank"],
                                       "output_bytes": Path(s["output"]).stat().st_size,
-                                      "output_mpx_per_s": round(hr_px / 1e6 / wall, 2),  # wall: with process start-up
-                                      "output_mpx_per_s_pipeline": round(hr_px / 1e6 / s["seconds"]["total"], 2), **context}
+                                      # wall: with process start-up
+                                      "output_mpx_per_s": round(hr_px / 1e6 / wall, 2),
+                                      "output_mpx_per_s_pipeline":
+                                          round(hr_px / 1e6 / s["seconds"]["total"], 2), **context}
             print(f"(c) full disk, 2 ranks: {wall} s, peak RSS/rank {c['peak_rss_mb']} MB (LR float32 "
-                  f"{context['lr_float32_bytes'] / 2**20:.0f} MiB, HR float32 {5 * hr_px * 4 / 2**20:.0f} MiB)", flush=True)
+                  f"{context['lr_float32_bytes'] / 2**20:.0f} MiB, HR float32 "
+                  f"{5 * hr_px * 4 / 2**20:.0f} MiB)", flush=True)
         if torch.cuda.is_available():
             g = in_process([s for s in sets if not s.startswith("cpu_threads=")], fd_scene, tmp / "gpu")
             res["gpu"] = {"device": torch.cuda.get_device_name(0), "precision": "auto (bf16)",
-                          "seconds_per_full_disk": g["pipeline_s"], "forward_s": g["forward_s"], "overhead": g["overhead"],
-                          "output_mpx_per_s": g["output_mpx_per_s"], "pipeline_seconds": g["pipeline_seconds"],
+                          "seconds_per_full_disk": g["pipeline_s"], "forward_s": g["forward_s"],
+                          "overhead": g["overhead"],
+                          "output_mpx_per_s": g["output_mpx_per_s"],
+                          "pipeline_seconds": g["pipeline_seconds"],
                           "peak_rss_mb": g["peak_rss_mb"], **context}
             print(f"(d) GPU full disk: {g['pipeline_s']} s, {g['output_mpx_per_s']} MPx/s", flush=True)
         else:

@@ -42,7 +42,7 @@ Statistics (valid pixels only; spread = p25-p75 of the per-window values):
   noise_std          robust pixel-noise std: 1.4826 * MAD of the second differences along rows and
                      columns / sqrt(6) (exact for white noise; sparse edges do not move a median).
                      At 2 km it also holds any real sub-pixel-scale texture, so it is an upper bound.
-  grad_*             |grad| per pixel: 3x3 Sobel (``cloudsr_hpc.evaluation.metrics.sobel_magnitude``)
+  grad_*             |grad| per pixel: 3x3 Sobel (``cloudsr_hpc.models.fidelity.sobel_magnitude``)
                      divided by 8, i.e. a smoothed central difference in units per pixel (K/px or
                      %/px), on pixels whose 3x3 stencil is valid; mean/median/p90/p99 of all window
                      pixels pooled.
@@ -92,15 +92,17 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from common import peak_rss_mb, save  # noqa: E402
+from common import save  # noqa: E402
 
+from cloudsr_hpc.core.resources import peak_rss_mb  # noqa: E402
 from cloudsr_hpc.evaluation.spectra import radial_psd  # noqa: E402
 
 REAL_BT = ["C08", "C09", "C10", "C16"]
 REAL_REFL = ["C04", "C06"]
 SYN_BANDS = ["I01", "I02", "I03", "I04", "I05"]
 PAIRS = {  # name: (real band, synthetic band, what)
-    "ir": ("C16", "I05", "brightness temperature [K]: ABI C16 13.3 um (CO2 band) vs VIIRS I05 11.45 um (window)"),
+    "ir": ("C16", "I05",
+           "brightness temperature [K]: ABI C16 13.3 um (CO2 band) vs VIIRS I05 11.45 um (window)"),
     "reflectance": ("C06", "I03", "reflectance [%]: ABI C06 2.25 um vs VIIRS I03 1.61 um (both near-IR)"),
 }
 K_FULL, K_LARGE, K_SMALL = (1 / 64, 1 / 4), (1 / 64, 1 / 16), (1 / 16, 1 / 4)
@@ -195,7 +197,8 @@ def block_mean(a: np.ndarray, n: int) -> np.ndarray:
     return a[:h, :w].reshape(h // n, n, w // n, n).mean(axis=(1, 3))  # a NaN anywhere -> NaN
 
 
-def windows(domain: np.ndarray, valid: np.ndarray, n: int, stride: int, min_valid: float) -> list[tuple[int, int]]:
+def windows(domain: np.ndarray, valid: np.ndarray, n: int, stride: int,
+            min_valid: float) -> list[tuple[int, int]]:
     """Top-left corners of n x n windows inside ``domain`` with >= min_valid finite pixels."""
     out = []
     for r in range(0, domain.shape[0] - n + 1, stride):
@@ -209,7 +212,8 @@ def windows(domain: np.ndarray, valid: np.ndarray, n: int, stride: int, min_vali
 def sobel_per_pixel(w: np.ndarray) -> np.ndarray:
     """|grad| in units per pixel on the (n-2)^2 interior; NaN where the 3x3 stencil is not all valid."""
     import torch
-    from cloudsr_hpc.evaluation.metrics import sobel_magnitude
+
+    from cloudsr_hpc.models.fidelity import sobel_magnitude
     ok = np.isfinite(w)
     x = torch.from_numpy(np.where(ok, w, 0.0).astype(np.float64))[None, None]
     g = sobel_magnitude(x)[0, 0].numpy() / 8.0
@@ -267,7 +271,7 @@ def clear_sky_reference(bt: np.ndarray, lat: np.ndarray, band_deg: float = 2.5) 
         centres.append(a + band_deg / 2)
         modes.append(float(edges[np.argmax(h)] + 0.25))
     ref = np.interp(lat, centres, modes)
-    return ref, [[round(c, 2), round(m, 2)] for c, m in zip(centres, modes)]
+    return ref, [[round(c, 2), round(m, 2)] for c, m in zip(centres, modes, strict=True)]
 
 
 def q(a, p) -> float:
@@ -341,7 +345,8 @@ def band_stats(field: np.ndarray, gsd: np.ndarray, wins: list[tuple[int, int]], 
                    "edge_p99_over_std": [q(p99_std, 25), q(p99_std, 75)],
                    "edge_top5_share": [q(top5, 25), q(top5, 75)],
                    "integral_length_km": [q(lengths, 25), q(lengths, 75)]},
-        "psd_mean": {"k_cycles_per_px": [round(float(x), 5) for x in k], "p": [float(f"{x:.4g}") for x in psd]},
+        "psd_mean": {"k_cycles_per_px": [round(float(x), 5) for x in k],
+                     "p": [float(f"{x:.4g}") for x in psd]},
     }
     if cloud_mask is not None:
         a = np.concatenate(cells) if cells else np.zeros(0)
@@ -386,7 +391,9 @@ def fmt_spread(s, f) -> str:
 
 
 def table(title: str, real: dict, syn: dict, noisy: dict) -> list[str]:
-    lines = [title, f"  {'statistic':36s} {'real':>8s} {'synthetic':>9s} {'ratio':>6s} {'syn+noise':>9s} {'ratio':>6s}"
+    lines = [title,
+             f"  {'statistic':36s} {'real':>8s} {'synthetic':>9s} {'ratio':>6s} {'syn+noise':>9s} "
+             f"{'ratio':>6s}"
                     f"  {'real p25..p75':>14s} {'syn p25..p75':>14s}"]
 
     def ratio(a, b):
@@ -396,30 +403,36 @@ def table(title: str, real: dict, syn: dict, noisy: dict) -> list[str]:
         if key not in real or key not in syn:
             continue
         a, b, c = real[key], syn[key], noisy[key]
-        lines.append(f"  {label:36s} {f.format(a):>8s} {f.format(b):>9s} {ratio(a, b):6.2f} {f.format(c):>9s} "
-                     f"{ratio(a, c):6.2f}  {fmt_spread(real['spread'].get(key), f):>14s} "
+        lines.append(f"  {label:36s} {f.format(a):>8s} {f.format(b):>9s} {ratio(a, b):6.2f} "
+                     f"{f.format(c):>9s} {ratio(a, c):6.2f}  {fmt_spread(real['spread'].get(key), f):>14s} "
                      f"{fmt_spread(syn['spread'].get(key), f):>14s}")
     lines.append(f"  ratio = synthetic / real.  syn+noise: the synthetic band plus white noise of std "
                  f"{noisy['added_noise_std']:.3f} (brings its pixel noise to the real one).  Windows: real "
                  f"{real['windows']}, synthetic {syn['windows']}; ACF never reached 1/e in real "
-                 f"{real['windows_without_integral_length']}, synthetic {syn['windows_without_integral_length']}")
+                 f"{real['windows_without_integral_length']}, synthetic "
+                 f"{syn['windows_without_integral_length']}")
     return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--real", default="../shared/data/abi-real", help="real ABI directory (relative to the repo root)")
+    ap.add_argument("--real", default="../shared/data/abi-real",
+                    help="real ABI directory (relative to the repo root)")
     ap.add_argument("--synthetic-archive", default=None,
-                    help="reuse this synthetic archive (else synthesise --slots slots into a temporary directory)")
+                    help="reuse this synthetic archive (else synthesise --slots slots into a "
+                         "temporary directory)")
     ap.add_argument("--slots", type=int, default=1, choices=range(1, 31), metavar="1..30",
                     help="without --synthetic-archive: synthesise this many slots, a day apart (~20 s each)")
-    ap.add_argument("--max-granules", type=int, default=8, help="synthetic: use up to this many VIIRS granules")
-    ap.add_argument("--block", type=int, default=6, help="block-averaging factor of the 375 m VIIRS scene (6 -> 2.25 km)")
+    ap.add_argument("--max-granules", type=int, default=8,
+                    help="synthetic: use up to this many VIIRS granules")
+    ap.add_argument("--block", type=int, default=6,
+                    help="block-averaging factor of the 375 m VIIRS scene (6 -> 2.25 km)")
     ap.add_argument("--window", type=int, default=128, help="square window side [px]")
     ap.add_argument("--stride", type=int, default=None, help="window step [px] (default window/2)")
     ap.add_argument("--min-valid", type=float, default=0.98, help="minimum finite fraction of a window")
     ap.add_argument("--max-gsd-km", type=float, default=3.0, help="real: largest pixel footprint used")
-    ap.add_argument("--real-lon-max", type=float, default=-125.0, help="real: only lon < this (ocean); 180 = all")
+    ap.add_argument("--real-lon-max", type=float, default=-125.0,
+                    help="real: only lon < this (ocean); 180 = all")
     ap.add_argument("--cloud-dt", type=float, default=7.0, help="cloudy: BT < T_clear(lat) - this [K]")
     ap.add_argument("--quick", action="store_true", help="only the two compared band pairs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "realism.json"))
@@ -449,7 +462,8 @@ def main() -> None:
     t0 = time.perf_counter()
     gsd = {"real": footprint_km(real["lon"], real["lat"]), "synthetic": footprint_km(syn["lon"], syn["lat"])}
     lon_w = np.where(real["lon"] > 0, real["lon"] - 360.0, real["lon"])
-    domain = {"real": (lon_w < args.real_lon_max) & (gsd["real"] <= args.max_gsd_km) & np.isfinite(real["lat"]),
+    domain = {"real": ((lon_w < args.real_lon_max) & (gsd["real"] <= args.max_gsd_km)
+                       & np.isfinite(real["lat"])),
               "synthetic": np.isfinite(syn["lat"])}
     valid = {"real": np.isfinite(real[real_bands[0]]), "synthetic": np.isfinite(syn[syn_bands[0]])}
     for b in real_bands:
@@ -459,7 +473,8 @@ def main() -> None:
     wins = {s: windows(domain[s], valid[s], n, stride, args.min_valid) for s in ("real", "synthetic")}
     for s in wins:
         if not wins[s]:
-            raise SystemExit(f"error: no {n}x{n} window of the {s} scene is valid; lower --window or --min-valid")
+            raise SystemExit(f"error: no {n}x{n} window of the {s} scene is valid; lower --window "
+                             "or --min-valid")
 
     data = {"real": real, "synthetic": syn}
     ir = {"real": PAIRS["ir"][0], "synthetic": PAIRS["ir"][1]}
@@ -481,32 +496,39 @@ def main() -> None:
     stats = {"real": {}, "synthetic": {}, "synthetic_plus_real_noise": {}}
     for s, bands in (("real", real_bands), ("synthetic", syn_bands)):
         for b in bands:
-            stats[s][b] = band_stats(data[s][b], gsd[s], wins[s], n, cloudy(s, data[s][b]) if b == ir[s] else None)
+            stats[s][b] = band_stats(data[s][b], gsd[s], wins[s], n,
+                                     cloudy(s, data[s][b]) if b == ir[s] else None)
     # counterfactual: the synthetic band plus white noise that brings its noise_std to the real partner's
     rng = np.random.default_rng(0)
-    for name, (rb, sb, _) in PAIRS.items():
-        sigma = float(np.sqrt(max(stats["real"][rb]["noise_std"] ** 2 - stats["synthetic"][sb]["noise_std"] ** 2, 0.0)))
+    for rb, sb, _ in PAIRS.values():
+        gap = stats["real"][rb]["noise_std"] ** 2 - stats["synthetic"][sb]["noise_std"] ** 2
+        sigma = float(np.sqrt(max(gap, 0.0)))
         noisy = syn[sb] + rng.standard_normal(syn[sb].shape).astype(np.float32) * sigma
+        mask = cloudy("synthetic", noisy) if sb == ir["synthetic"] else None
         stats["synthetic_plus_real_noise"][sb] = band_stats(noisy, gsd["synthetic"], wins["synthetic"], n,
-                                                            cloudy("synthetic", noisy) if sb == ir["synthetic"] else None)
+                                                            mask)
         stats["synthetic_plus_real_noise"][sb]["added_noise_std"] = sigma
     timing["statistics_s"] = round(time.perf_counter() - t0, 2)
     timing["total_s"] = round(time.perf_counter() - t_start, 2)
 
     res = {
-        "what": "cloud-field statistics, real GOES-17 ABI vs the synthetic archive's VIIRS granule, same pixel size",
+        "what": "cloud-field statistics, real GOES-17 ABI vs the synthetic archive's VIIRS granule, "
+                "same pixel size",
         "real": {"dir": str(args.real), "time": real["time"], "files": real["files"],
                  "domain": f"lon < {args.real_lon_max}, footprint <= {args.max_gsd_km} km",
                  "shape": list(real[real_bands[0]].shape)},
-        "synthetic": {"archive": str(args.synthetic_archive or f"temporary: submit synth --pair seviri_viirs, {args.slots} "
+        "synthetic": {"archive": str(args.synthetic_archive or "temporary: submit synth --pair "
+                                                               f"seviri_viirs, {args.slots} "
                                                               f"slot(s) 12:00 UTC daily from 2024-06-01"),
                       "time": syn["time"], "files": syn["files"], "native_shape_375m": syn["native_shape"],
                       "block": args.block, "shape": list(syn[syn_bands[0]].shape)},
-        "settings": {"window_px": n, "stride_px": stride, "min_valid": args.min_valid, "cloud_dt_k": args.cloud_dt,
+        "settings": {"window_px": n, "stride_px": stride, "min_valid": args.min_valid,
+                     "cloud_dt_k": args.cloud_dt,
                      "psd_k_ranges_cycles_per_px": {"full": K_FULL, "large": K_LARGE, "small": K_SMALL},
                      "gradient": "Sobel/8 per pixel", "cell_connectivity": 8},
         "cloud_mask": clear_ref,
-        "pairs": {name: {"real": rb, "synthetic": sb, "what": what} for name, (rb, sb, what) in PAIRS.items()},
+        "pairs": {name: {"real": rb, "synthetic": sb, "what": what}
+                  for name, (rb, sb, what) in PAIRS.items()},
         "stats": stats,
         "timing_s": timing,
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -519,30 +541,36 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # common.save also prints the whole JSON: too long here
         save(res, args.out)
 
-    fp_r, fp_s = stats["real"][PAIRS["ir"][0]]["footprint_km"], stats["synthetic"][PAIRS["ir"][1]]["footprint_km"]
+    fp_r = stats["real"][PAIRS["ir"][0]]["footprint_km"]
+    fp_s = stats["synthetic"][PAIRS["ir"][1]]["footprint_km"]
     lines = [f"real: GOES-17 ABI CONUS {real['time']} (NE Pacific, lon < {args.real_lon_max}, footprint <= "
              f"{args.max_gsd_km} km, median {fp_r:.2f} km)",
-             f"synthetic: VIIRS granule(s) {', '.join(syn['time'])} (375 m, block-averaged {args.block}x{args.block} -> "
-             f"{fp_s:.2f} km)",
-             f"windows {n}x{n} px every {stride} px; PSD slopes of the window-averaged radially averaged 2-D PSD",
-             "NOTE: ABI C16 (13.3 um) is a CO2 absorption band and the synthetic IR band (I05, 11.45 um) a window "
-             "band; the shared real files have no window band (C13/C14/C15).  CO2 absorption lowers clear-sky BT "
-             "and hides/compresses low clouds, so levels, gradients and cloud fraction of C16 are not a like-for-like "
-             "reference; spectral slope, edge sharpness and length scales are the more comparable figures.",
+             f"synthetic: VIIRS granule(s) {', '.join(syn['time'])} (375 m, block-averaged "
+             f"{args.block}x{args.block} -> {fp_s:.2f} km)",
+             f"windows {n}x{n} px every {stride} px; PSD slopes of the window-averaged radially "
+             "averaged 2-D PSD",
+             "NOTE: ABI C16 (13.3 um) is a CO2 absorption band and the synthetic IR band (I05, 11.45 um) a "
+             "window band; the shared real files have no window band (C13/C14/C15).  CO2 absorption lowers "
+             "clear-sky BT and hides/compresses low clouds, so levels, gradients and cloud fraction of C16 "
+             "are not a like-for-like reference; spectral slope, edge sharpness and length scales are the "
+             "more comparable figures.",
              f"cloud mask: BT < T_clear(lat) - {args.cloud_dt:g} K; thresholds used: real C16 "
-             f"{clear_ref['real']['threshold_k_range'][0]:.1f}..{clear_ref['real']['threshold_k_range'][1]:.1f} K, "
+             f"{clear_ref['real']['threshold_k_range'][0]:.1f}.."
+             f"{clear_ref['real']['threshold_k_range'][1]:.1f} K, "
              f"synthetic I05 {clear_ref['synthetic']['threshold_k_range'][0]:.1f}.."
              f"{clear_ref['synthetic']['threshold_k_range'][1]:.1f} K", ""]
     for name, (rb, sb, what) in PAIRS.items():
         lines += table(f"[{name}] {what}", stats["real"][rb], stats["synthetic"][sb],
                        stats["synthetic_plus_real_noise"][sb]) + [""]
     if not args.quick:
-        lines.append("all bands (no partner): psd_slope (large / small) | |grad| median, p99 | p99/std | top5 | L_1/e km")
+        lines.append("all bands (no partner): psd_slope (large / small) | |grad| median, p99 | p99/std | "
+                     "top5 | L_1/e km")
         for s in ("real", "synthetic"):
             for b, d in stats[s].items():  # noqa: B007
                 lines.append(f"  {s:9s} {b}: {d['psd_slope']:6.2f} ({d['psd_slope_large']:5.2f} / "
                              f"{d['psd_slope_small']:5.2f}) | {d['grad_median']:6.3f} {d['grad_p99']:6.3f} | "
-                             f"{d['edge_p99_over_std']:5.2f} | {d['edge_top5_share']:5.3f} | {d['integral_length_km']:6.1f}")
+                             f"{d['edge_p99_over_std']:5.2f} | {d['edge_top5_share']:5.3f} | "
+                             f"{d['integral_length_km']:6.1f}")
     lines.append(f"timing {timing}, peak RSS {res['peak_rss_mb']} MB; wrote {args.out}")
     print("\n".join(lines))
 

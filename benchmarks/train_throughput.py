@@ -28,13 +28,15 @@ PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}  # H100 SXM dense; override with --
 
 def make_shards(root: Path, n: int, patch_hr: int, channels: int) -> None:
     attrs = {"pair": "bench", "scale": 4, "lr_sensor": "seviri", "hr_sensor": "viirs",
-             "lr_channels": [f"c{i}" for i in range(channels)], "hr_channels": [f"c{i}" for i in range(channels)],
+             "lr_channels": [f"c{i}" for i in range(channels)],
+             "hr_channels": [f"c{i}" for i in range(channels)],
              "norm_hr": [[0.0] * channels, [1.0] * channels], "norm_lr": [[0.0] * channels, [1.0] * channels]}
     rng = np.random.default_rng(0)
     w = ShardWriter(root / "train", "pairs", 64, attrs, compression="none")
     for i in range(n):
         hr = rng.random((channels, patch_hr, patch_hr), dtype=np.float32)
-        w.add(hr, dt.datetime(2024, 1, 1), i, 0, [], lr=hr.reshape(channels, patch_hr // 4, 4, patch_hr // 4, 4).mean((2, 4)))
+        w.add(hr, dt.datetime(2024, 1, 1), i, 0, [],
+              lr=hr.reshape(channels, patch_hr // 4, 4, patch_hr // 4, 4).mean((2, 4)))
     w.flush()
 
 
@@ -55,9 +57,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         make_shards(Path(tmp), max(64, args.batch * 4), args.patch_hr, args.channels)
         cfg = build(StageConfig, {"stage": 1, "data": {"shards": tmp},
-                                  "model": {"base_channels": args.base, "channel_mult": [int(m) for m in args.mult.split(",")]},
-                                  "train": {"batch_size": args.batch, "steps": args.steps + 3, "precision": args.precision,
-                                            "out_dir": str(Path(tmp) / "run")}})
+                                  "model": {"base_channels": args.base,
+                                            "channel_mult": [int(m) for m in args.mult.split(",")]},
+                                  "train": {"batch_size": args.batch, "steps": args.steps + 3,
+                                            "precision": args.precision, "out_dir": str(Path(tmp) / "run")}})
         dist = init_distributed()
         tr = Trainer(cfg, dist)
         params = sum(p.numel() for p in tr.engine.module.parameters())

@@ -33,15 +33,18 @@ IR = ("I04", "I05")
 def mapped_scene(real: Path, bbox: list[float], mapping: dict[str, str], out: Path) -> Path:
     """Read the real ABI bands through ``submit read`` and rename them to the model's channels."""
     import xarray as xr
+
     from cloudsr_hpc.submit import main as submit
     files = sorted(str(p) for p in real.glob("OR_ABI-L1b-RadC-*.nc"))
     abi = out.with_name("abi_window.nc")
     bands = sorted(set(mapping.values()))
-    if submit(["read", *files, "--sensor", "abi", "--channels", *bands, "--bbox", *map(str, bbox), "--out", str(abi)]):
+    if submit(["read", *files, "--sensor", "abi", "--channels", *bands, "--bbox", *map(str, bbox), "--out",
+               str(abi)]):
         raise SystemExit(f"reading {real} failed")
     with xr.open_dataset(abi) as ds:
         renamed = xr.Dataset({model: ds[band].rename(model) for model, band in mapping.items()},
-                             attrs={**ds.attrs, "sensor": "viirs", "band_mapping": ",".join(f"{k}={v}" for k, v in mapping.items())})
+                             attrs={**ds.attrs, "sensor": "viirs",
+                                    "band_mapping": ",".join(f"{k}={v}" for k, v in mapping.items())})
         for name in ds.variables:  # the grid mapping and coordinates travel as they are
             if name not in bands and name not in renamed.variables:
                 renamed[name] = ds[name]
@@ -57,9 +60,12 @@ def score(demo: Path, scene: Path, out_dir: Path) -> dict:
     ck = {name: runs / name / "export" / "model.pt" for name in ("stage1", "stage2", "regression")}
     missing = [str(p) for p in ck.values() if not p.exists()]
     if missing:
-        raise SystemExit(f"{demo}: no trained demo models ({', '.join(missing)}); run `submit demo --out {demo}` first")
-    cfg = load(EvaluateConfig, "evaluate.yaml", ["pair=seviri_viirs", "methods=[bicubic,regression,stage2,cascade]",
-                                                  "spectrum_tile=64", *(f"{k}_checkpoint={v}" for k, v in ck.items())])
+        raise SystemExit(f"{demo}: no trained demo models ({', '.join(missing)}); run `submit demo --out "
+                         f"{demo}` first")
+    cfg = load(EvaluateConfig, "evaluate.yaml", ["pair=seviri_viirs",
+                                                 "methods=[bicubic,regression,stage2,cascade]",
+                                                  "spectrum_tile=64",
+                                                 *(f"{k}_checkpoint={v}" for k, v in ck.items())])
     res = run(cfg, out_dir, str(scene), 4)
     return json.loads(Path(res["outputs"]["json"]).read_text())
 
@@ -71,7 +77,8 @@ def ir_summary(metrics: dict) -> dict:
     base = mean("bicubic", "psnr")
     return {m: {"psnr_ir": round(mean(m, "psnr"), 3), "psnr_minus_bicubic": round(mean(m, "psnr") - base, 3),
                 "grad_ir": round(mean(m, "grad"), 3),
-                "per_channel": {c: {k: round(scores[m]["channels"][c][k], 3) for k in ("psnr", "grad")} for c in IR}}
+                "per_channel": {c: {k: round(scores[m]["channels"][c][k], 3) for k in ("psnr", "grad")}
+                                for c in IR}}
             for m in scores}
 
 
@@ -80,7 +87,8 @@ def main() -> None:
     ap.add_argument("--demo", default="demo", help="a `submit demo` output directory (its runs/*/export)")
     ap.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "abi-real"))
     ap.add_argument("--bbox", nargs=4, type=float, default=[-160.0, 30.0, -147.0, 42.0])
-    ap.add_argument("--map", default=DEFAULT_MAP, help=f"model channel = ABI band, comma separated (default {DEFAULT_MAP})")
+    ap.add_argument("--map", default=DEFAULT_MAP,
+                    help=f"model channel = ABI band, comma separated (default {DEFAULT_MAP})")
     ap.add_argument("--label", default="current", help="name of this entry in the JSON (e.g. before / after)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer.json"))
     args = ap.parse_args()
@@ -90,7 +98,8 @@ def main() -> None:
         scene = mapped_scene(Path(args.real), args.bbox, mapping, Path(tmp) / "abi_as_viirs.nc")
         metrics = score(Path(args.demo).resolve(), scene, Path(tmp) / "evaluation")
     summary = ir_summary(metrics)
-    print(f"[{args.label}] real GOES-17 ABI window {args.bbox}, IR = {', '.join(f'{c}<-{mapping[c]}' for c in IR)}")
+    print(f"[{args.label}] real GOES-17 ABI window {args.bbox}, IR = "
+          f"{', '.join(f'{c}<-{mapping[c]}' for c in IR)}")
     print(f"  {'method':<11} {'IR PSNR':>8} {'- bicubic':>10} {'grad ratio':>11}")
     for m, s in summary.items():
         print(f"  {m:<11} {s['psnr_ir']:8.2f} {s['psnr_minus_bicubic']:+10.2f} {s['grad_ir']:11.3f}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import os
 import types
 import typing
 from pathlib import Path
@@ -17,8 +18,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from .errors import ConfigError
-
-import os
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # The project's configs/ lives beside the package (editable install / checkout); a site may point
@@ -121,7 +120,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices and isinstance(value, int) and str(value) in choices:
-            value = str(value)  # YAML reads `stages: 2` (or --set stages=2) as a number; the choice is the name "2"
+            # YAML reads `stages: 2` (or --set stages=2) as a number; the choice is the name "2"
+            value = str(value)
         elif value not in choices and isinstance(value, str) and value.isdigit() and int(value) in choices:
             value = int(value)  # and `stage: "1"` quoted is still Stage 1
         if value not in choices:
@@ -136,7 +136,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(_convert(a, v, f"{where}[{i}]")
+                         for i, (a, v) in enumerate(zip(args, value, strict=True)))
         item = args[0] if args else Any
         out = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out

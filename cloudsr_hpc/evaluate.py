@@ -1,6 +1,7 @@
 """Score super-resolution methods under one protocol and write the paper-style table and plots.
 
-    python -m cloudsr_hpc.evaluate --config configs/evaluate.yaml [--hr SCENE.nc --scale 4] [--members N] --out DIR
+    python -m cloudsr_hpc.evaluate --config configs/evaluate.yaml [--hr SCENE.nc --scale 4] [--members N]
+        --out DIR
 
 (``python -m cloudsr_hpc.submit evaluate`` is the user-facing form; it also picks checkpoints up
 from ``--checkpoints``.)  Without ``--hr`` the held-out pairs of ``pairs`` are used.
@@ -29,7 +30,8 @@ def perceptual_metric(cfg: EvaluateConfig):
     except LPIPSUnavailable as e:
         log.warning("%s", e)
         return None, None, str(e)
-    return metric, metric.label, None if metric.official else "computed with an UNOFFICIAL backbone (staged with --allow-unofficial)"
+    return metric, metric.label, (None if metric.official else
+                                  "computed with an UNOFFICIAL backbone (staged with --allow-unofficial)")
 
 
 def run(cfg: EvaluateConfig, out_dir: str | Path, hr: str | None = None, scale: int | None = None) -> dict:
@@ -65,14 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--hr", help="an HR scene in canonical NetCDF: self-supervised protocol")
     p.add_argument("--scale", type=int, help="expected scale of the checkpoints (checked)")
-    p.add_argument("--members", type=int, metavar="N", help="ensemble members per stochastic method (evaluate.members)")
+    p.add_argument("--members", type=int, metavar="N",
+                   help="ensemble members per stochastic method (evaluate.members)")
     p.add_argument("--out", help="output directory (default: out_dir of the config)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def go() -> int:
-        cfg = load(EvaluateConfig, args.config, args.set + [f"members={args.members}"] * (args.members is not None))
+        cfg = load(EvaluateConfig, args.config,
+                   args.set + [f"members={args.members}"] * (args.members is not None))
         res = run(cfg, args.out or cfg.out_dir, args.hr, args.scale)
         print(json.dumps(res["outputs"]))
         return 0

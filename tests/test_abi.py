@@ -105,7 +105,8 @@ def test_index_finds_the_real_scenes_with_the_sector_tolerance():
     assert scene.time == dt.datetime(2019, 10, 27, 20, 0) and len(scene.files) == 6
     with pytest.raises(Exception, match="within 0:02:30"):  # half the 5-min CONUS cycle, not the sensor's 10
         idx.find("abi", ["radc"], dt.datetime(2019, 10, 27, 20, 3))
-    assert idx.find("abi", ["radm1"], dt.datetime(2020, 1, 1, 0, 1, 20)).files[0].name.startswith("OR_ABI-L1b-RadM1")
+    assert idx.find("abi", ["radm1"], dt.datetime(2020, 1, 1, 0, 1, 20)).files[0].name.startswith(
+        "OR_ABI-L1b-RadM1")
 
 
 def test_formats_come_from_the_file_names():
@@ -143,9 +144,11 @@ def test_reader_on_the_real_conus_files(conus):
             assert conus[c].attrs["units"] == "%" and -2 < v.min() and 30 < v.max() < 100
         else:  # inside the normalisation range, with margin: the networks see [-1, 1]
             assert conus[c].attrs["units"] == "K" and lo + 5 < v.min() and v.max() < hi - 5
-    assert 199 < conus["C16"].values.min() < 200 and 287 < conus["C16"].values.max() < 289  # README: 199-288 K
+    # README: 199-288 K
+    assert 199 < conus["C16"].values.min() < 200 and 287 < conus["C16"].values.max() < 289
     g = scene_grid(conus)
-    assert g.sweep == "x" and g.sub_lon == -137.0 and g.shape == (1500, 2500) and g.step == pytest.approx(2004.017288)
+    assert (g.sweep == "x" and g.sub_lon == -137.0 and g.shape == (1500, 2500)
+            and g.step == pytest.approx(2004.017288))
     assert conus["geostationary"].attrs["sweep_angle_axis"] == "x"
 
 
@@ -188,7 +191,8 @@ def test_night_mesoscale_reflectance_is_masked(meso, satpy_ref):
     assert meso.attrs["night_masked_channels"] == "C01"
 
 
-def test_day_conus_reflectance_is_kept_and_a_lower_sun_limit_masks_exactly_its_pixels(conus, satpy_ref, monkeypatch):
+def test_day_conus_reflectance_is_kept_and_a_lower_sun_limit_masks_exactly_its_pixels(
+        conus, satpy_ref, monkeypatch):
     sza = _sza(scene_grid(conus), START_CONUS)
     assert sza.max() < ABI.night_zenith_deg and conus.attrs["night_masked_channels"] == ""
     np.testing.assert_array_equal(conus["C04"].values, satpy_ref["conus"][1])
@@ -225,14 +229,16 @@ def test_submit_read_writes_a_cf_scene_with_sweep_x_that_round_trips(cli, conus,
     cs.load_all_available_checkers()
     results, errors = cs.run_all(cs.load_dataset(str(out)), ["cf:1.10"], [], [])["cf:1.10"]
     rep = cs.build_structure("cf:1.10", results, str(out), 2)
-    issues = [f"{r.name}: {m}" for k in ("high_priorities", "medium_priorities") for r in rep[k] for m in r.msgs]
+    issues = [f"{r.name}: {m}" for k in ("high_priorities", "medium_priorities")
+              for r in rep[k] for m in r.msgs]
     assert not errors and not issues, issues
 
 
 @pytest.mark.slow
 def test_submit_read_infers_the_mesoscale_format_and_keeps_an_all_night_channel(cli, tmp_path):
     out = tmp_path / "meso.nc"
-    proc = cli("read", *_files("*RadM1-*.nc"), "--sensor", "abi", "--out", out)  # no --format: RadM1 from the name
+    # no --format: RadM1 from the name
+    proc = cli("read", *_files("*RadM1-*.nc"), "--sensor", "abi", "--out", out)
     assert proc.returncode == 0, proc.stderr
     back = read_scene(out)  # an all-NaN channel is accepted when night masking emptied it
     assert back.attrs["night_masked_channels"] == "C01" and np.isnan(back["C01"].values).all()
@@ -272,9 +278,11 @@ def _all_fill(tmp: Path) -> list[Path]:
 
 
 BAD = {
-    "sectors": (lambda tmp: _files("*RadM1-*.nc") + _files("*RadC-M6C04_*.nc"), [], "bands on different sectors"),
+    "sectors": (lambda tmp: _files("*RadM1-*.nc") + _files("*RadC-M6C04_*.nc"), [],
+                "bands on different sectors"),
     "times": (_other_time, [], "bands from different times"),
-    "missing band": (lambda tmp: _files("*RadC-M6C04_*.nc"), ["--channels", "C04", "C13"], "C13 not readable"),
+    "missing band": (lambda tmp: _files("*RadC-M6C04_*.nc"), ["--channels", "C04", "C13"],
+                     "C13 not readable"),
     "truncated": (_truncated, [], "abi reader failed"),
     "no valid pixel": (_all_fill, [], "channel C04 has no valid pixel"),
 }

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-
 from conftest import ROOT, run_cli, run_train
 
 ABI = ROOT.parent / "shared" / "data" / "abi-real"
@@ -31,7 +30,8 @@ def _patches(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def abi_shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("abi") / "pairs"
-    p = run_cli("pairs", "--pair", "abi_abi", "--archive", ABI, "--out", out, "--config", "pairs_abi.yaml", check=True)
+    p = run_cli("pairs", "--pair", "abi_abi", "--archive", ABI, "--out", out, "--config", "pairs_abi.yaml",
+                check=True)
     return out, json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -42,7 +42,8 @@ def abi_models(abi_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("abi_runs")
     models = {}
     for name, config, extra in (("regression", "configs/regression_abi.yaml", []),
-                                ("stage2", "configs/stage2_abi.yaml", [f"init_from={out / 'regression' / 'export' / 'model.pt'}"])):
+                                ("stage2", "configs/stage2_abi.yaml",
+                                 [f"init_from={out / 'regression' / 'export' / 'model.pt'}"])):
         p = run_train(config, shards, out / name, f"train.steps={STEPS}", f"train.ckpt_every={STEPS}",
                       f"train.val_every={STEPS}", *extra)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -60,14 +61,14 @@ def test_shards_are_split_by_space_deterministically_and_never_duplicated(abi_sh
         # a patch lies inside one block, and the block's hash alone says its split
         assert np.array_equal(rows // BLOCK_HR, (rows + 63) // BLOCK_HR)
         assert np.array_equal(cols // BLOCK_HR, (cols + 63) // BLOCK_HR)
-        blocks[split] = {(int(r) // BLOCK_HR, int(c) // BLOCK_HR) for r, c in zip(rows, cols)}
+        blocks[split] = {(int(r) // BLOCK_HR, int(c) // BLOCK_HR) for r, c in zip(rows, cols, strict=True)}
         assert all((split_hash(*b) % 5 == 0) == (split == "val") for b in blocks[split])
     assert not blocks["train"] & blocks["val"]
     n_val = len(_patches(shards / "val")[0])
     assert 0.1 < n_val / stats["hr_patches"] < 0.35
     # re-running rewrites the same shards: the same patches, no duplicates
-    again = run_cli("pairs", "--pair", "abi_abi", "--archive", ABI, "--out", shards, "--config", "pairs_abi.yaml",
-                    check=True)
+    again = run_cli("pairs", "--pair", "abi_abi", "--archive", ABI, "--out", shards, "--config",
+                    "pairs_abi.yaml", check=True)
     assert json.loads(again.stdout.strip().splitlines()[-1])["hr_patches"] == stats["hr_patches"]
     assert sum(len(_patches(shards / s)[0]) for s in ("train", "val")) == stats["hr_patches"]
 
@@ -76,10 +77,13 @@ def test_shards_are_split_by_space_deterministically_and_never_duplicated(abi_sh
 def test_short_training_beats_bicubic_on_real_held_out_blocks(abi_shards, abi_models, tmp_path):
     shards, _ = abi_shards
     p = run_cli("evaluate", "--checkpoints", abi_models["stage2"], abi_models["regression"], "--pairs",
-                shards / "val", "--methods", "bicubic,regression,stage2", "--out", tmp_path / "ev", check=True)
+                shards / "val", "--methods", "bicubic,regression,stage2", "--out", tmp_path / "ev",
+                check=True)
     res = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    ir = {m: np.mean([res["scores"][m]["channels"][c]["psnr"] for c in IR]) for m in ("bicubic", "regression", "stage2")}
-    grad = {m: np.mean([res["scores"][m]["channels"][c]["grad"] for c in IR]) for m in ("bicubic", "regression", "stage2")}
+    ir = {m: np.mean([res["scores"][m]["channels"][c]["psnr"] for c in IR])
+          for m in ("bicubic", "regression", "stage2")}
+    grad = {m: np.mean([res["scores"][m]["channels"][c]["grad"] for c in IR])
+            for m in ("bicubic", "regression", "stage2")}
     assert ir["regression"] > ir["bicubic"], ir  # the regression beats bicubic on real clouds
     # the diffusion model restores gradients bicubic loses, at nearly bicubic's fidelity after 300 CPU steps
     assert abs(grad["stage2"] - 1) < abs(grad["bicubic"] - 1) - 0.05, grad
@@ -89,7 +93,10 @@ def test_short_training_beats_bicubic_on_real_held_out_blocks(abi_shards, abi_mo
     assert "abi_abi" in p.stdout  # the pair came from the checkpoints, not the default config
 
 
-def _night_scene(tmp_path: Path, rows=slice(600, 728), cols=slice(1000, 1192)) -> Path:
+NIGHT_ROWS, NIGHT_COLS = slice(600, 728), slice(1000, 1192)  # the window of the CONUS scene
+
+
+def _night_scene(tmp_path: Path, rows=NIGHT_ROWS, cols=NIGHT_COLS) -> Path:
     """A window of the real CONUS scene with its reflectance bands as the reader gives them at night:
     no signal (NaN), listed in ``night_masked_channels``."""
     from cloudsr_hpc.data.readers import read_files
@@ -102,7 +109,8 @@ def _night_scene(tmp_path: Path, rows=slice(600, 728), cols=slice(1000, 1192)) -
     values = {c: ds[c].values[rows, cols] for c in IR}
     values.update({c: np.full(grid.shape, np.nan, np.float32) for c in REFLECTANCE})
     return write_scene(make_scene({c: values[c] for c in REFLECTANCE + IR}, sensor, scene_time(ds), grid=grid,
-                                  platform="GOES-17", extra_attrs={"night_masked_channels": ";".join(REFLECTANCE)}),
+                                  platform="GOES-17",
+                                  extra_attrs={"night_masked_channels": ";".join(REFLECTANCE)}),
                        tmp_path / "night.nc")
 
 
@@ -117,7 +125,8 @@ def test_night_reflectance_is_fill_never_painted_and_ir_is_super_resolved(abi_mo
     from cloudsr_hpc.inference.pipeline import ScenePipeline
     from cloudsr_hpc.schema import InferConfig
     scene = _night_scene(tmp_path)
-    cfg = load(InferConfig, "infer.yaml", ["pair=abi_abi", "stages=2", f"stage2_checkpoint={abi_models['stage2']}",
+    cfg = load(InferConfig, "infer.yaml", ["pair=abi_abi", "stages=2",
+                                           f"stage2_checkpoint={abi_models['stage2']}",
                                            "tile_lr=32", "overlap_lr=8", "chunk=128"])
     res = ScenePipeline(cfg, load_registry(), Ranks(), tmp_path / "out", progress=False).run([scene])
     with xr.open_dataset(res.path) as out:
@@ -129,8 +138,8 @@ def test_night_reflectance_is_fill_never_painted_and_ir_is_super_resolved(abi_mo
             assert np.isfinite(v).all() and 180 < np.nanmean(v) < 300
     # the same scene as an HR truth, self-supervised: reflectance n/a and out of 'all'
     p = run_cli("evaluate", "--checkpoints", abi_models["stage2"], "--hr", scene, "--scale", "4",
-                "--methods", "bicubic,stage2", "--out", tmp_path / "ev", "--set", "tile_lr=32", "--set", "overlap_lr=8",
-                "--set", "band_rows=256", check=True)
+                "--methods", "bicubic,stage2", "--out", tmp_path / "ev", "--set", "tile_lr=32", "--set",
+                "overlap_lr=8", "--set", "band_rows=256", check=True)
     res = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     s2 = res["scores"]["stage2"]
     for c in REFLECTANCE:  # NaN is written as null in metrics.json

@@ -100,16 +100,19 @@ def test_malformed_yaml(cli, tmp_path):
 
 
 def test_archive_without_file_for_date(cli, good):
-    proc = cli("find", "--archive", good.parent, "--sensor", "seviri", "--format", "nc", "--date", "2024-06-02T12:00")
+    proc = cli("find", "--archive", good.parent, "--sensor", "seviri", "--format", "nc", "--date",
+               "2024-06-02T12:00")
     _assert_one_line_error(proc, str(good.parent), "no seviri scene within", "2024-06-02T12:00")
-    ok = cli("find", "--archive", good.parent, "--sensor", "seviri", "--format", "nc", "--date", "2024-06-01T12:05")
+    ok = cli("find", "--archive", good.parent, "--sensor", "seviri", "--format", "nc", "--date",
+             "2024-06-01T12:05")
     assert ok.returncode == 0 and good.name in ok.stdout
 
 
 def test_bad_dates(cli, tmp_path):
     proc = cli("synth", "--start", "yesterday", "--archive", tmp_path / "a")
     _assert_one_line_error(proc, "unknown date format")
-    proc = cli("synth", "--start", "2024-06-02T12:00", "--end", "2024-06-01T12:00", "--archive", tmp_path / "a")
+    proc = cli("synth", "--start", "2024-06-02T12:00", "--end", "2024-06-01T12:00", "--archive",
+               tmp_path / "a")
     _assert_one_line_error(proc, "is before --start")
 
 

@@ -104,15 +104,17 @@ def test_dry_runs_print_the_submission_and_submit_nothing(slurm_cluster, campaig
     assert "--gpus-per-node=4" in first and "--account=my_project" in first and "train_stage2.sh" in first
     assert "#SBATCH --requeue" in p.stdout  # the script itself follows
     p = run_cli("campaign", "--name", "dry", "--root", tmp_path / "c", "--start", "2024-06-01T11:00", "--end",
-                "2024-06-01T12:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster", "localslurm",
-                "--workers", "4", "--after", "77", "--dry-run", *infer_sets(model))
+                "2024-06-01T12:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster",
+                "localslurm", "--workers", "4", "--after", "77", "--dry-run", *infer_sets(model))
     assert p.returncode == 0, p.stderr[-1500:]
-    assert "--array=0-3%2" in p.stdout and "'dependency': 'afterok:77'" in p.stdout and "#SBATCH --partition=debug" in p.stdout
+    assert ("--array=0-3%2" in p.stdout and "'dependency': 'afterok:77'" in p.stdout
+            and "#SBATCH --partition=debug" in p.stdout)
     assert "8 scenes" in p.stderr and not (tmp_path / "c").exists()
 
 
 def test_bad_campaign_input_fails_before_anything_is_submitted(campaign_archive, model, tmp_path):
-    common = ["--root", tmp_path / "c", "--archive", campaign_archive, "--executor", "local", *infer_sets(model)]
+    common = ["--root", tmp_path / "c", "--archive", campaign_archive, "--executor", "local",
+              *infer_sets(model)]
     cases = {
         "unknown date format": ["--name", "a", "--start", "June 1st"],
         "is before": ["--name", "b", "--start", "2024-06-01T12:00", "--end", "2024-06-01T11:00"],
@@ -128,7 +130,8 @@ def test_bad_campaign_input_fails_before_anything_is_submitted(campaign_archive,
 
 
 @pytest.mark.slow
-def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(campaign_archive, model, tmp_path):
+def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(campaign_archive, model,
+                                                                             tmp_path):
     archive = tmp_path / "archive"
     shutil.copytree(campaign_archive, archive)
     bad = next(archive.rglob("*20240601111509.nc"))  # the 11:15 slot: truncated
@@ -154,10 +157,12 @@ def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(cam
     assert resume.returncode == 2, resume.stderr[-2000:]  # done, except the quarantined scene
     good = [s for s in SLOTS if s != "2024-06-01T11:15:00"]
     scenes, _ = check_complete(root, name, good, lost_owners=[owner])
-    assert scenes["2024-06-01T11:15:00"].state == "quarantined" and bad.name in scenes["2024-06-01T11:15:00"].error
+    assert (scenes["2024-06-01T11:15:00"].state == "quarantined"
+            and bad.name in scenes["2024-06-01T11:15:00"].error)
     assert scenes["2024-06-01T11:15:00"].attempts == 2
     assert scenes["2024-06-01T13:00:00"].state == "missing" and scenes["2024-06-01T13:00:00"].attempts == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(Path(scenes[s].output).name for s in good)  # no temporaries
+    # no temporaries
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(scenes[s].output).name for s in good)
     table = run_cli("status", name, "--root", root).stdout
     assert "done 7" in table and "quarantined 1" in table and "missing 1" in table and bad.name in table
     n_attempts = len(ledger_of(root, name).attempts())
@@ -167,7 +172,8 @@ def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(cam
 
 # --------------------------------------------------------------------------------------- Slurm
 def sacct_states(job: str) -> dict:
-    p = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True, text=True)
+    p = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True,
+                       text=True)
     return dict(ln.split("|")[:2] for ln in p.stdout.split() if "|" in ln)
 
 
@@ -191,12 +197,14 @@ def task_python_pid(array_job: str, task: str) -> int | None:
 
 
 @pytest.mark.slow
-def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_cluster, campaign_archive, model,
+def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_cluster, campaign_archive,
+                                                                          model,
                                                                          tmp_path):
     # one scene, two MPI ranks, through slurm/infer.sh
-    p = run_cli("infer", "--date", "2024-06-01T12:00", "--archive", campaign_archive, "--out", tmp_path / "infer",
-                "--executor", "slurm", "--cluster", "localslurm", "--ranks", "2", "--log", tmp_path / "infer.log",
-                *infer_sets(model))
+    p = run_cli("infer", "--date", "2024-06-01T12:00", "--archive", campaign_archive, "--out",
+                tmp_path / "infer",
+                "--executor", "slurm", "--cluster", "localslurm", "--ranks", "2", "--log",
+                tmp_path / "infer.log", *infer_sets(model))
     assert p.returncode == 0, p.stderr[-2000:]
     job = json.loads(p.stdout)["job"]
     assert wait_for(lambda: sacct_states(job).get(job) in ("COMPLETED", "FAILED", "CANCELLED"), timeout=600)
@@ -208,8 +216,8 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     # eight scenes as a job array (4 tasks, %2), one task scancelled and one worker killed mid-write
     root, name = tmp_path / "campaigns", "array"
     p = run_cli("campaign", "--name", name, "--root", root, "--start", "2024-06-01T11:00", "--end",
-                "2024-06-01T12:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster", "localslurm",
-                "--workers", "4", *infer_sets(model))
+                "2024-06-01T12:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster",
+                "localslurm", "--workers", "4", *infer_sets(model))
     assert p.returncode == 0, p.stderr[-2000:]
     jobs = json.loads(p.stdout.strip().splitlines()[-1])["jobs"]
     array = jobs[0].split("_")[0]
@@ -240,7 +248,8 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
                 "2024-06-01T12:15", "--archive", campaign_archive, "--workers", "0", *infer_sets(model))
     assert p.returncode == 0 and "slurm/campaign.sh" in p.stdout, p.stderr[-2000:]
     job = subprocess.run(["sbatch", "--parsable", "--array=0-1", f"--output={tmp_path}/direct-%A_%a.out",
-                          str(Path(__file__).resolve().parents[1] / "slurm" / "campaign.sh"), str(root / "direct")],
+                          str(Path(__file__).resolve().parents[1] / "slurm" / "campaign.sh"),
+                          str(root / "direct")],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert wait_for(lambda: queue_empty(job), timeout=600), "slurm/campaign.sh array did not finish"
     assert set(sacct_states(job).values()) == {"COMPLETED"}, sacct_states(job)
@@ -250,11 +259,12 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     # writes; it checkpoints, requeues itself, takes back its claim and finishes the campaign
     name = "preempt"
     p = run_cli("campaign", "--name", name, "--root", root, "--start", "2024-06-01T11:00", "--end",
-                "2024-06-01T11:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster", "localslurm",
-                "--workers", "1", *infer_sets(model))
+                "2024-06-01T11:45", "--archive", campaign_archive, "--executor", "slurm", "--cluster",
+                "localslurm", "--workers", "1", *infer_sets(model))
     assert p.returncode == 0, p.stderr[-2000:]
     job = json.loads(p.stdout.strip().splitlines()[-1])["jobs"][0]
-    pre = wait_for(lambda: (lambda h: h if h and h[0] != SLOTS[3] else None)(running_claim_with_part(root, name)),
+    pre = wait_for(lambda: (lambda h: h if h and h[0] != SLOTS[3] else None)(
+                       running_claim_with_part(root, name)),
                    timeout=600, every=0.05)  # not the last scene: the signal must find work in progress
     assert pre, "the worker never reached the write phase"
     subprocess.run(["scancel", "--signal=USR2", job], check=True)

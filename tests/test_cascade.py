@@ -11,9 +11,10 @@ pytestmark = pytest.mark.slow
 
 
 def _scores(trained, methods, seed=0):
-    cfg = load(EvaluateConfig, "evaluate.yaml", [f"pairs={trained['shards'] / 'val'}", f"seed={seed}", "lpips=false",
-                                                 f"methods=[{','.join(methods)}]",
-                                                 *(f"{k}_checkpoint={trained[k]}" for k in ("stage1", "stage2", "regression"))])
+    cfg = load(EvaluateConfig, "evaluate.yaml", [f"pairs={trained['shards'] / 'val'}", f"seed={seed}",
+                                                 "lpips=false", f"methods=[{','.join(methods)}]",
+                                                 *(f"{k}_checkpoint={trained[k]}"
+                                                   for k in ("stage1", "stage2", "regression"))])
     return evaluate_pairs(cfg, load_methods(cfg)[0], load_registry()).scores
 
 

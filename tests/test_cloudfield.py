@@ -24,10 +24,12 @@ def _hr_ir(scene, when=T, seed=0):
     reg = load_registry()
     grid = scene.region.window(64, 64, 512, 512).scaled(1)  # 375 m target, inside the fine region
     hr_grid = grid.__class__(**{**grid.__dict__, "step": grid.step * 2, "full_rows": grid.full_rows // 2,
-                                "full_cols": grid.full_cols // 2, "row0": grid.row0 // 2, "col0": grid.col0 // 2,
+                                "full_cols": grid.full_cols // 2, "row0": grid.row0 // 2,
+                                "col0": grid.col0 // 2,
                                 "nrows": 256, "ncols": 256})  # 750 m: the x4 HR target grid
     x, y = grid_points(hr_grid)
-    obs = Observer(scene, reg.sensor("viirs"), seed).observe(when, x, y, ["I05", "I01"], {"I05": 375.0, "I01": 375.0})
+    obs = Observer(scene, reg.sensor("viirs"), seed).observe(when, x, y, ["I05", "I01"],
+                                                             {"I05": 375.0, "I01": 375.0})
     return obs["I05"], obs["I01"]
 
 
@@ -64,7 +66,8 @@ def test_field_is_deterministic_and_evolves_by_advection(scene):
     # 30 min at 12 m/s eastward = 21.6 km = 7.2 LR px: the best integer shift is ~7 columns
     errs = {s: np.mean((np.roll(a, s, axis=1)[:, 20:-20] - later[:, 20:-20]) ** 2) for s in range(0, 12)}
     assert min(errs, key=errs.get) in (7, 8)
-    assert not np.array_equal(a, CloudScene(CloudFieldSpec(seed=4), scene.domain).latent(scene.domain, T)["cloud"])
+    other = CloudScene(CloudFieldSpec(seed=4), scene.domain).latent(scene.domain, T)["cloud"]
+    assert not np.array_equal(a, other)
 
 
 def test_night_has_no_reflectance(scene):

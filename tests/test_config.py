@@ -15,7 +15,8 @@ def test_shipped_configs_validate(name, cls):
 
 
 def test_override_sets_nested_value_with_yaml_types():
-    cfg = load(StageConfig, "stage1.yaml", ["train.lr=1e-4", "model.channel_mult=[1,2]", "train.zero_stage=2"])
+    cfg = load(StageConfig, "stage1.yaml",
+               ["train.lr=1e-4", "model.channel_mult=[1,2]", "train.zero_stage=2"])
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.model.channel_mult == [1, 2]
     assert cfg.train.zero_stage == 2
@@ -81,7 +82,8 @@ def test_adding_a_sensor_is_yaml_only(tmp_path):
     formats:
       hsd:
         reader: ahi_hsd
-        patterns: ['HS_{platform_shortname}_{start_time:%Y%m%d_%H%M}_B{band:2d}_{area}_R{res_id:d}_S{segment:2d}{total_segments:2d}.DAT']
+        patterns: ['HS_{platform_shortname}_{start_time:%Y%m%d_%H%M}_B{band:2d}_{area}_R{res_id:d}\
+_S{segment:2d}{total_segments:2d}.DAT']
     channels:
       B13: {wavelength_um: 10.4, quantity: brightness_temperature, norm: [190.0, 320.0], resolution_m: 2000.0}
 """

@@ -19,7 +19,8 @@ def test_downsampling_is_area_average_without_blur_shift_noise():
 
 
 def test_same_generator_same_sample_and_params_in_range():
-    cfg = DegradationConfig(blur_sigma_lr_px=(0.4, 0.8), shift_lr_px=0.25, noise_std=(0.0, 0.02), quantisation_levels=1024)
+    cfg = DegradationConfig(blur_sigma_lr_px=(0.4, 0.8), shift_lr_px=0.25, noise_std=(0.0, 0.02),
+                            quantisation_levels=1024)
     d = Degradation(cfg, 4)
     hr = _hr()
     a = d(hr, torch.ones_like(hr), torch.Generator().manual_seed(7))
@@ -79,7 +80,8 @@ def test_degradation_pipeline_applies_jpeg_when_configured():
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     base = DegradationConfig(blur_sigma_lr_px=(0.5, 0.5), shift_lr_px=0, noise_std=(0, 0))
     plain = Degradation(base, 4)(hr, torch.ones_like(hr), g())[0]
-    jp = Degradation(DegradationConfig(blur_sigma_lr_px=(0.5, 0.5), shift_lr_px=0, noise_std=(0, 0), jpeg_quality=20),
+    jp = Degradation(DegradationConfig(blur_sigma_lr_px=(0.5, 0.5), shift_lr_px=0, noise_std=(0, 0),
+                                       jpeg_quality=20),
                      4)(hr, torch.ones_like(hr), g())[0]
     assert not torch.allclose(plain, jp) and (plain - jp).abs().mean() < 0.2
 
@@ -88,6 +90,7 @@ def test_cascade_conditions_keep_mid_scales_and_damp_the_finest():
     """Stage 2's cascade-like conditions sit between bicubic(LR) and the HR: sharper than the
     former, smoother than the latter; p = 0 leaves every condition alone."""
     import torch.nn.functional as F
+
     from cloudsr_hpc.evaluation.metrics import gradient_ratio
     from cloudsr_hpc.models.cascade import upsample_condition
     from cloudsr_hpc.training.trainer import cascade_conditions

@@ -37,7 +37,8 @@ def test_posterior_matches_bayes_rule():
     for t in range(2, 6):
         eta, prev = d.eta[t - 1].item(), d.eta[t - 2].item()
         alpha = eta - prev
-        # q(x_{t-1}|x0,y) = N(x0 + prev (y-x0), k^2 prev); q(x_t|x_{t-1},y) = N(x_{t-1} + alpha (y-x0), k^2 alpha)
+        # q(x_{t-1}|x0,y) = N(x0 + prev (y-x0), k^2 prev); q(x_t|x_{t-1},y) = N(x_{t-1} + alpha (y-x0), k^2
+        # alpha)
         m1, v1 = x0 + prev * (y - x0), d.kappa ** 2 * prev
         v2 = d.kappa ** 2 * alpha
         var = 1 / (1 / v1 + 1 / v2)
@@ -45,7 +46,8 @@ def test_posterior_matches_bayes_rule():
         m, v = d.posterior(torch.tensor([xt], dtype=torch.float64), torch.tensor([x0], dtype=torch.float64),
                            torch.tensor([t]))
         assert m.item() == pytest.approx(mean, rel=1e-9) and v.item() == pytest.approx(var, rel=1e-9)
-    m, v = d.posterior(torch.tensor([xt], dtype=torch.float64), torch.tensor([x0], dtype=torch.float64), torch.tensor([1]))
+    m, v = d.posterior(torch.tensor([xt], dtype=torch.float64), torch.tensor([x0], dtype=torch.float64),
+                       torch.tensor([1]))
     assert m.item() == pytest.approx(x0) and v.item() == 0.0  # the last step lands on x0
 
 

@@ -10,7 +10,7 @@ from cloudsr_hpc.errors import ConfigError
 from cloudsr_hpc.inference.mpi import Ranks
 from cloudsr_hpc.inference.pipeline import ScenePipeline, verify_output
 from cloudsr_hpc.schema import InferConfig
-from tests.test_inference import HR_CH, model_sets, models, run_infer, scene, sets  # noqa: F401 - fixtures
+from tests.test_inference import HR_CH, model_sets, run_infer, sets
 
 TILING = ["tile_lr=32", "overlap_lr=8", "chunk=64"]
 # overlap >= 2 receptive margins of the 2-step Stage 2 (56 HR px): every pixel's members are those of a
@@ -73,7 +73,8 @@ def test_ensemble_output_is_cf_compliant(ensemble):
 
 
 def test_ensemble_without_members_kept_and_packed_to_int16(models, scene, ensemble, tmp_path):
-    path = run_pipeline(models, scene, tmp_path, "stages=2", "members=3", "keep_members=false", "packing=int16").path
+    path = run_pipeline(models, scene, tmp_path, "stages=2", "members=3", "keep_members=false",
+                        "packing=int16").path
     with xr.open_dataset(path) as pk, xr.open_dataset(ensemble) as ens:
         assert "member" not in pk.dims and f"{HR_CH[0]}_members" not in pk
         for c in HR_CH:
@@ -118,7 +119,8 @@ def test_a_campaign_takes_members_and_its_outputs_verify(campaign_archive, model
     root, name = tmp_path / "campaigns", "ens"
     run = run_cli("campaign", "--name", name, "--root", root, "--start", "2024-06-01T11:00", "--end",
                   "2024-06-01T11:15", "--archive", campaign_archive, "--executor", "local", "--workers", "1",
-                  *sets(*model_sets(models), "stages=2", "members=2", "tile_lr=64", "overlap_lr=8", "chunk=128"))
+                  *sets(*model_sets(models), "stages=2", "members=2", "tile_lr=64", "overlap_lr=8",
+                        "chunk=128"))
     assert run.returncode == 0, run.stderr[-2000:]
     st = json.loads(run_cli("status", name, "--root", root, "--json").stdout)
     assert st["counts"]["done"] == 2

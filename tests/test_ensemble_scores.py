@@ -43,7 +43,8 @@ def _sums(members: np.ndarray, truth: np.ndarray, seed: int = 0) -> dict:
     n, _, c = members.shape[:3]
     norm = ([0.0] * c, [2.0] * c)  # physical = normalised + 1: physical and normalised errors equal
     e = EnsembleSums(CHANS[:c], QUANT[-c:], norm, n, seed)
-    e.add(torch.from_numpy(members).float(), torch.from_numpy(truth).float(), torch.ones(1, 1, *truth.shape[-2:]))
+    e.add(torch.from_numpy(members).float(), torch.from_numpy(truth).float(),
+          torch.ones(1, 1, *truth.shape[-2:]))
     return e.result()
 
 
@@ -56,7 +57,8 @@ def test_one_member_crps_is_the_mae():
     for ch in r["channels"].values():
         assert ch["crps"] == ch["mae"] and "rank_histogram" not in ch
     # and through the per-pixel estimator
-    np.testing.assert_array_equal(M.crps_ensemble(torch.from_numpy(x[:, 0]), torch.from_numpy(y[0])).numpy(), np.abs(x[0] - y)[0])
+    np.testing.assert_array_equal(M.crps_ensemble(torch.from_numpy(x[:, 0]), torch.from_numpy(y[0])).numpy(),
+                                  np.abs(x[0] - y)[0])
 
 
 def _chi2_p(hist) -> float:
@@ -101,9 +103,11 @@ def test_ties_are_broken_at_random_and_bands_add_up():
     y = np.zeros((1, 1, 100, 100))
     r = _sums(np.zeros((4, 1, 1, 100, 100)), y, seed=5)
     assert _chi2_p(r["channels"]["I01"]["rank_histogram"]) > 0.01
-    assert r["channels"]["I01"]["rank_histogram"] == _sums(np.zeros((4, 1, 1, 100, 100)), y, seed=5)["channels"]["I01"]["rank_histogram"]
+    zeros = _sums(np.zeros((4, 1, 1, 100, 100)), y, seed=5)
+    assert r["channels"]["I01"]["rank_histogram"] == zeros["channels"]["I01"]["rank_histogram"]
     rng = np.random.default_rng(6)
-    x, t = torch.from_numpy(rng.normal(size=(5, 1, 2, 64, 32))), torch.from_numpy(rng.normal(size=(1, 2, 64, 32)))
+    x = torch.from_numpy(rng.normal(size=(5, 1, 2, 64, 32)))
+    t = torch.from_numpy(rng.normal(size=(1, 2, 64, 32)))
     mask = torch.from_numpy((rng.random((1, 2, 64, 32)) > 0.2).astype(np.float32))
     x[2, 0, 1, :5] = float("nan")  # a member without a value: the pixel does not count
     whole = EnsembleSums(CHANS[:2], QUANT[:2], PAIR_NORM["hr"], 5)
@@ -146,7 +150,8 @@ def setup(tmp_path_factory):
     5-channel pairs of 8^2 -> 32^2 px."""
     from cloudsr_hpc.data.shards import ShardWriter
     d = tmp_path_factory.mktemp("ens")
-    models = {"stage1": make_export(d / "s1", stage=1, seed=0), "stage2": make_export(d / "s2", stage=2, seed=1),
+    models = {"stage1": make_export(d / "s1", stage=1, seed=0),
+              "stage2": make_export(d / "s2", stage=2, seed=1),
               "regression": make_export(d / "reg", stage="regression", seed=2)}
     attrs = {"pair": "seviri_viirs", "scale": 4, "lr_sensor": "seviri", "hr_sensor": "viirs",
              "lr_channels": ["VIS006", "VIS008", "IR_016", "IR_039", "IR_108"], "hr_channels": CHANS,
@@ -155,7 +160,8 @@ def setup(tmp_path_factory):
     w = ShardWriter(d / "val", "pairs", 8, attrs)
     for i in range(4):
         frac = np.clip(ndimage.gaussian_filter(rng.standard_normal((32, 32)), 2) * 3 + 0.4, 0, 1)
-        hr = np.stack([5 + 80 * frac, 5 + 78 * frac, 4 + 55 * frac, 300 - 70 * frac, 295 - 70 * frac]).astype(np.float32)
+        hr = np.stack([5 + 80 * frac, 5 + 78 * frac, 4 + 55 * frac, 300 - 70 * frac,
+                       295 - 70 * frac]).astype(np.float32)
         w.add(hr, dt.datetime(2024, 6, 1, 12), i, i, ["x"], lr=hr.reshape(5, 8, 4, 8, 4).mean((2, 4)))
     w.flush()
     return d, models
@@ -164,8 +170,8 @@ def setup(tmp_path_factory):
 def _evaluate(setup, out, *args):
     from cloudsr_hpc.submit import main
     d, models = setup
-    argv = ["evaluate", "--checkpoints", *map(str, models.values()), "--out", str(out), "--set", "lpips=false",
-            "--set", "spectrum_tile=32", "--set", "batch_size=4", *args]
+    argv = ["evaluate", "--checkpoints", *map(str, models.values()), "--out", str(out), "--set",
+            "lpips=false", "--set", "spectrum_tile=32", "--set", "batch_size=4", *args]
     if "--hr" not in args:
         argv += ["--pairs", str(d / "val")]
     assert main(argv) == 0
@@ -197,10 +203,12 @@ def test_held_out_pairs_with_three_members(setup, tmp_path):
         e = ens[m]
         assert e["members"] == 3 and not e["deterministic"]
         assert 0 < e["overall"]["spread_skill"] and 0 < e["overall"]["crps"]
-        for c, (name, ch) in enumerate(e["channels"].items()):
+        for c, ch in enumerate(e["channels"].values()):
             assert len(ch["rank_histogram"]) == 4 and sum(ch["rank_histogram"]) == ch["pixels"]
-            assert ch["crps_physical"] == pytest.approx(ch["crps"] * (PAIR_NORM["hr"][1][c] - PAIR_NORM["hr"][0][c]) / 2)
-        # a fair CRPS of a spread ensemble is below its single member's MAE in expectation; at least not above by much
+            half_range = (PAIR_NORM["hr"][1][c] - PAIR_NORM["hr"][0][c]) / 2
+            assert ch["crps_physical"] == pytest.approx(ch["crps"] * half_range)
+        # a fair CRPS of a spread ensemble is below its single member's MAE in expectation; at least not above
+        # by much
         assert e["overall"]["crps"] < e["overall"]["mae"] * 1.05
     row = next(ln for ln in md.splitlines() if ln.startswith("| Regression UNet | 1 (deterministic)"))
     assert "—" in row
@@ -222,14 +230,15 @@ def test_scene_with_three_members_streams_bands_exactly(setup, tmp_path):
     from tests.test_evaluate import write_hr_scene
     hr = write_hr_scene(tmp_path / "hr.nc", 64, 64)
     sets = ["lpips=false", "spectrum_tile=32", "batch_size=4", "tile_lr=8", "overlap_lr=2", "band_rows=64"]
-    doc, md = _evaluate(setup, tmp_path / "three", "--hr", str(hr), "--scale", "4", "--methods", "bicubic,cascade",
-                        "--members", "3", *[a for kv in sets for a in ("--set", kv)])
+    doc, md = _evaluate(setup, tmp_path / "three", "--hr", str(hr), "--scale", "4", "--methods",
+                        "bicubic,cascade", "--members", "3", *[a for kv in sets for a in ("--set", kv)])
     assert "#### Ensemble (3 members" in md and (tmp_path / "three" / "rank_histogram.png").is_file()
     _, models = setup
 
     def scene(*extra):  # in process, no report: the scores only
         cfg = load(EvaluateConfig, "evaluate.yaml", sets + ["methods=[bicubic,cascade]", *extra,
-                                                            *(f"{k}_checkpoint={models[k]}" for k in ("stage1", "stage2"))])
+                                                            *(f"{k}_checkpoint={models[k]}"
+                                                              for k in ("stage1", "stage2"))])
         methods, ref = load_methods(cfg)
         return evaluate_scene(cfg, methods, ref, load_registry(), hr, 4)
 

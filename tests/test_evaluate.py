@@ -17,7 +17,8 @@ def red_noise(rows: int, cols: int, seed: int, slope: float = 3.0) -> np.ndarray
     rng = np.random.default_rng(seed)
     fy, fx = np.fft.fftfreq(rows)[:, None], np.fft.rfftfreq(cols)[None, :]
     k = np.maximum(np.hypot(fy, fx), 1.0 / max(rows, cols))
-    spec = (rng.standard_normal((rows, cols // 2 + 1)) + 1j * rng.standard_normal((rows, cols // 2 + 1))) * k ** (-slope / 2)
+    spec = ((rng.standard_normal((rows, cols // 2 + 1)) + 1j * rng.standard_normal((rows, cols // 2 + 1)))
+            * k ** (-slope / 2))
     f = np.fft.irfft2(spec, s=(rows, cols))
     return ((f - f.mean()) / f.std()).astype(np.float32)
 
@@ -55,7 +56,8 @@ def test_held_out_table_after_the_documented_training(trained_models, tmp_path):
     out = tmp_path / "ev"
     env_dir = tmp_path / "no-weights"  # nothing staged: LPIPS must say so, not score
     proc = subprocess.run([sys.executable, "-m", "cloudsr_hpc.submit", "evaluate", "--checkpoints",
-                           str(trained_models["stage1"]), str(trained_models["stage2"]), str(trained_models["regression"]),
+                           str(trained_models["stage1"]), str(trained_models["stage2"]),
+                           str(trained_models["regression"]),
                            "--pairs", str(trained_models["shards"] / "val"), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**__import__("os").environ, "CLOUDSR_WEIGHTS": str(env_dir)})
@@ -85,10 +87,11 @@ def test_held_out_table_after_the_documented_training(trained_models, tmp_path):
 
 def _evaluate_scene(hr, out, models, *sets):
     """``submit evaluate --hr`` in a subprocess that reports its own peak RSS (MB)."""
-    code = ("import sys; from cloudsr_hpc.submit import main; from cloudsr_hpc.inference.pipeline import peak_rss_mb; "
-            "rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)")
+    code = ("import sys; from cloudsr_hpc.submit import main; from cloudsr_hpc.core.resources import "
+            "peak_rss_mb; rc = main(sys.argv[1:]); print('PEAK_MB', peak_rss_mb()); sys.exit(rc)")
     args = ["evaluate", "--hr", str(hr), "--scale", "4", "--methods", "bicubic,cascade", "--checkpoints",
-            str(models[0]), str(models[1]), "--out", str(out), "--set", "lpips=false", "--set", "batch_size=2"]
+            str(models[0]), str(models[1]), "--out", str(out), "--set", "lpips=false", "--set",
+            "batch_size=2"]
     proc = subprocess.run([sys.executable, "-c", code, *args, *[a for s in sets for a in ("--set", s)]],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,7 +109,8 @@ def tiny_models(tmp_path_factory):
 def test_scene_evaluation_of_a_3712_scene_streams_in_bounded_memory(tiny_models, tmp_path):
     """Self-supervised protocol on a full 3712 x 3712 HR scene: memory is set by the band width,
     not the scene: a scene 4x taller costs (almost) no more, and band size does not change a score."""
-    tall, short = write_hr_scene(tmp_path / "tall.nc", 3712, 3712), write_hr_scene(tmp_path / "short.nc", 928, 3712)
+    tall = write_hr_scene(tmp_path / "tall.nc", 3712, 3712)
+    short = write_hr_scene(tmp_path / "short.nc", 928, 3712)
     doc_t, peak_t = _evaluate_scene(tall, tmp_path / "ev_tall", tiny_models)
     doc_s, peak_s = _evaluate_scene(short, tmp_path / "ev_short", tiny_models)
     print({"peak_MB_3712x3712": peak_t, "peak_MB_928x3712": peak_s})
@@ -116,30 +120,34 @@ def test_scene_evaluation_of_a_3712_scene_streams_in_bounded_memory(tiny_models,
     for doc in (doc_t, doc_s):
         b = doc["scores"]["bicubic"]["overall"]
         assert 15 < b["psnr"] < 60 and 0 < b["grad"] < 1 and 0 < b["spectrum"] < 1
-        assert all(np.isfinite(v) for v in (doc["scores"]["cascade"]["overall"][k] for k in ("psnr", "ssim", "grad")))
+        assert all(np.isfinite(doc["scores"]["cascade"]["overall"][k]) for k in ("psnr", "ssim", "grad"))
     # streaming is exact: other band heights give the same scores
     doc_b, _ = _evaluate_scene(short, tmp_path / "ev_band", tiny_models, "band_rows=128")
     for m in ("bicubic", "cascade"):
         for k in ("psnr", "ssim", "grad", "spectrum"):
-            assert doc_b["scores"][m]["overall"][k] == pytest.approx(doc_s["scores"][m]["overall"][k], rel=1e-6)
+            assert doc_b["scores"][m]["overall"][k] == pytest.approx(doc_s["scores"][m]["overall"][k],
+                                                                     rel=1e-6)
 
 
 def test_bad_input_fails_in_one_line_and_writes_nothing(tiny_models, tmp_path):
     s1, s2 = tiny_models
     out = tmp_path / "out"
-    line = _error_line(run_cli("evaluate", "--checkpoints", f"stage1={tmp_path / 'nope.pt'}", "--methods", "stage1",
-                               "--pairs", tmp_path, "--out", out))
+    line = _error_line(run_cli("evaluate", "--checkpoints", f"stage1={tmp_path / 'nope.pt'}", "--methods",
+                               "stage1", "--pairs", tmp_path, "--out", out))
     assert "stage1_checkpoint" in line and "nope.pt" in line
     hr = write_hr_scene(tmp_path / "hr.nc", 256, 256)
     import netCDF4
     with netCDF4.Dataset(hr, "a") as nc:
         nc.renameVariable("I03", "I03_bad")
-    line = _error_line(run_cli("evaluate", "--hr", hr, "--checkpoints", s1, s2, "--methods", "cascade", "--out", out))
+    line = _error_line(run_cli("evaluate", "--hr", hr, "--checkpoints", s1, s2, "--methods", "cascade",
+                               "--out", out))
     assert "hr.nc" in line and "I03" in line and "missing" in line
     trunc = tmp_path / "trunc.nc"
     trunc.write_bytes(write_hr_scene(tmp_path / "ok.nc", 256, 256).read_bytes()[:5000])
-    line = _error_line(run_cli("evaluate", "--hr", trunc, "--checkpoints", s1, s2, "--methods", "cascade", "--out", out))
+    line = _error_line(run_cli("evaluate", "--hr", trunc, "--checkpoints", s1, s2, "--methods", "cascade",
+                               "--out", out))
     assert "trunc.nc" in line
-    line = _error_line(run_cli("evaluate", "--hr", hr, "--scale", "2", "--checkpoints", s1, s2, "--methods", "cascade", "--out", out))
+    line = _error_line(run_cli("evaluate", "--hr", hr, "--scale", "2", "--checkpoints", s1, s2, "--methods",
+                               "cascade", "--out", out))
     assert "x4" in line
     assert not out.exists() or not any(out.iterdir())

@@ -22,13 +22,20 @@ from cloudsr_hpc.data.sensors import load_registry
 from cloudsr_hpc.errors import InputError
 from cloudsr_hpc.inference import pipeline as pl
 from cloudsr_hpc.inference.mpi import Ranks
-from cloudsr_hpc.inference.writer import (BandSink, OutputSpec, claim_output, create_output, fletcher32, merge_part,
-                                          remove_stale)
+from cloudsr_hpc.inference.writer import (
+    BandSink,
+    OutputSpec,
+    claim_output,
+    create_output,
+    fletcher32,
+    merge_part,
+    remove_stale,
+)
 from cloudsr_hpc.schema import InferConfig
 from cloudsr_hpc.training import checkpoint as ck
-from tests.conftest import make_export, run_train
-from tests.test_inference import HR_CH, lr_scene
-from tests.test_training import TINY, shards  # noqa: F401 - the tiny training shards fixture
+from tests.conftest import lr_scene, make_export, run_train
+from tests.test_inference import HR_CH
+from tests.test_training import TINY
 
 SLOT = dt.datetime(2024, 6, 1, 12)
 
@@ -36,19 +43,21 @@ SLOT = dt.datetime(2024, 6, 1, 12)
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    return {"s1": make_export(d / "s1", stage=1, steps=1), "s2": make_export(d / "s2", stage=2, steps=1, seed=1),
+    return {"s1": make_export(d / "s1", stage=1, steps=1),
+            "s2": make_export(d / "s2", stage=2, steps=1, seed=1),
             "reg": make_export(d / "reg", stage="regression", seed=2)}
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    return lr_scene(tmp_path_factory.mktemp("lr") / "lr.nc", rows=48, cols=40, row0=1700, col0=3660)  # reaches the limb
+    # reaches the limb
+    return lr_scene(tmp_path_factory.mktemp("lr") / "lr.nc", rows=48, cols=40, row0=1700, col0=3660)
 
 
 def pipeline(models, out, *extra, quicklook=False):
     cfg = load(InferConfig, "infer.yaml", [f"regression_checkpoint={models['reg']}", "stages=regression",
-                                           "tile_lr=32", "overlap_lr=4", "halo_hr=4", "batch_size=4", "chunk=32",
-                                           f"quicklook={quicklook}", *extra])
+                                           "tile_lr=32", "overlap_lr=4", "halo_hr=4", "batch_size=4",
+                                           "chunk=32", f"quicklook={quicklook}", *extra])
     return pl.ScenePipeline(cfg, load_registry(), Ranks(), out, progress=False)
 
 
@@ -171,7 +180,8 @@ def test_damaged_chunk_index_fails_verification(done, tmp_path):
     damaged search key makes a stored chunk read as fill: neither passes."""
     _, good = done
     mask_at, coord_at = _btree_entry(good, "I05")
-    for at, full, why in ((mask_at, False, "skip filters"), (coord_at, True, "is corrupt|not a readable HDF5 file")):
+    for at, full, why in ((mask_at, False, "skip filters"),
+                          (coord_at, True, "is corrupt|not a readable HDF5 file")):
         bad = tmp_path / f"{at}.nc"
         shutil.copy(good, bad)
         flip(bad, at, 1)
@@ -216,22 +226,26 @@ def test_campaign_reconcile_requeues_a_corrupt_done_scene(done, tmp_path):
 
 # ------------------------------------------------------------------------- row 15: stage mismatch
 def test_stage2_export_given_as_stage1_is_refused(models):
-    cfg = load(InferConfig, "infer.yaml", [f"stage1_checkpoint={models['s2']}", f"stage2_checkpoint={models['s2']}"])
+    cfg = load(InferConfig, "infer.yaml",
+               [f"stage1_checkpoint={models['s2']}", f"stage2_checkpoint={models['s2']}"])
     with pytest.raises(InputError, match="export of Stage 2, given as infer.stage1_checkpoint "
                                          r"\(which takes Stage 1\)"):
         pl.load_cascade(cfg)
-    cfg = load(InferConfig, "infer.yaml", [f"stage1_checkpoint={models['s1']}", f"stage2_checkpoint={models['s1']}"])
+    cfg = load(InferConfig, "infer.yaml",
+               [f"stage1_checkpoint={models['s1']}", f"stage2_checkpoint={models['s1']}"])
     with pytest.raises(InputError, match="export of Stage 1, given as infer.stage2_checkpoint"):
         pl.load_cascade(cfg)
     cfg = load(InferConfig, "infer.yaml", ["stages=regression", f"regression_checkpoint={models['s1']}"])
     with pytest.raises(InputError, match="which takes the regression baseline"):
         pl.load_cascade(cfg)
-    cfg = load(InferConfig, "infer.yaml", [f"stage1_checkpoint={models['s1']}", f"stage2_checkpoint={models['s2']}"])
+    cfg = load(InferConfig, "infer.yaml",
+               [f"stage1_checkpoint={models['s1']}", f"stage2_checkpoint={models['s2']}"])
     assert [st.meta["stage"] for st in pl.load_cascade(cfg).stages] == [1, 2]
 
 
 # ------------------------------------------------------------------------- row 19: quicklook
-def test_quicklook_exists_before_the_output_and_a_missing_one_is_redrawn(models, scene, tmp_path, monkeypatch):
+def test_quicklook_exists_before_the_output_and_a_missing_one_is_redrawn(models, scene, tmp_path,
+                                                                         monkeypatch):
     """The PNG is drawn from the temporary file before the rename (a kill between the two leaves
     no output without its picture); an output that lacks one anyway is given one by the next run."""
     from cloudsr_hpc.infer import _existing
@@ -286,7 +300,8 @@ def test_second_run_on_the_same_output_leaves_the_first_ones_files(models, scene
     assert [p.name for p in tmp_path.iterdir()] == [res.path.name]
 
 
-# ------------------------------------------------------------------------- rows 1, 2, 23: training checkpoints
+# ------------------------------------------------------------------------- rows 1, 2, 23: training
+# checkpoints
 class Payload:
     """Unpickling it creates a marker file: what an attacker would plant."""
 
@@ -300,7 +315,8 @@ class Payload:
 def fake_checkpoint(ckpt_dir: Path, step: int) -> Path:
     d = ckpt_dir / f"step{step:08d}"
     d.mkdir(parents=True)
-    torch.save({"module": {"w": torch.full((4,), float(step))}, "step": step}, d / "mp_rank_00_model_states.pt")
+    torch.save({"module": {"w": torch.full((4,), float(step))}, "step": step},
+               d / "mp_rank_00_model_states.pt")
     ck.write_manifest(d)
     ck.write_pointer(ckpt_dir, d.name)
     return d
@@ -317,7 +333,8 @@ def test_checkpoint_digests_pick_the_newest_good_one(tmp_path, caplog):
     flip(f6, f6.stat().st_size // 2, 1)
     (dirs[1] / "extra.pt").write_bytes(b"x")
     tag, digests = ck.pick_checkpoint(ckpt)
-    assert tag == "step00000002" and list(digests) == [str((dirs[0] / "mp_rank_00_model_states.pt").resolve())]
+    assert tag == "step00000002"
+    assert list(digests) == [str((dirs[0] / "mp_rank_00_model_states.pt").resolve())]
     assert "sha256 does not match" in caplog.text and "extra.pt is not in the digest manifest" in caplog.text
     (dirs[0] / "mp_rank_00_model_states.pt").write_bytes(b"short")
     with pytest.raises(InputError, match="no checkpoint verifies"):
@@ -360,7 +377,7 @@ def test_planted_pickle_never_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_resume_skips_tampered_checkpoints(shards, tmp_path):  # noqa: F811 - the fixture
+def test_training_resume_skips_tampered_checkpoints(shards, tmp_path):
     """Rows 1, 2, 23 in a real run: 8 steps, a checkpoint every 2, the last 3 kept; then the newest
     gets a planted pickle and the one before a flipped byte: the run resumes from the third, with
     a warning for each, and the payload never runs."""
@@ -376,7 +393,8 @@ def test_training_resume_skips_tampered_checkpoints(shards, tmp_path):  # noqa: 
     flip(f6, f6.stat().st_size - 100, 1)
     again = run_train("configs/stage1.yaml", shards, run, *opts, "train.steps=10")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipping checkpoint step00000008" in again.stderr and "skipping checkpoint step00000006" in again.stderr
+    assert "skipping checkpoint step00000008" in again.stderr
+    assert "skipping checkpoint step00000006" in again.stderr
     assert "resumed from step00000004 at step 4" in again.stderr
     assert not marker.exists()
     # saved again from step 4 on: the bad ones were replaced, then the oldest rotated out

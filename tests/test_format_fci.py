@@ -76,7 +76,8 @@ def smooth_field(grid, channel: str) -> np.ndarray:
     v = np.where(np.isnan(grid.lonlat()[0]), np.nan, v).astype(np.float32)
     factor = grid.full_rows // DISK_1KM.full_rows  # 2 at 500 m: mark the pixels under BAD_PIXEL
     if factor:
-        v[BAD_PIXEL[0] * factor:(BAD_PIXEL[0] + 1) * factor, BAD_PIXEL[1] * factor:(BAD_PIXEL[1] + 1) * factor] = np.nan
+        v[BAD_PIXEL[0] * factor:(BAD_PIXEL[0] + 1) * factor,
+          BAD_PIXEL[1] * factor:(BAD_PIXEL[1] + 1) * factor] = np.nan
     else:
         v[BAD_PIXEL[0] // 2, BAD_PIXEL[1] // 2] = np.nan
     return v
@@ -161,7 +162,8 @@ def test_every_channel_over_its_range(tmp_path):
         grid = fci_window(base, res)
         lo, hi = {"ir_38": (200.0, 480.0), "wv_63": (200.0, 305.0), "wv_73": (200.0, 305.0)}.get(
             name, ranges[quantity(name)])  # inside each channel's counts (wv_* saturate at 310 K)
-        fields[name] = (grid, np.linspace(lo, hi, grid.nrows * grid.ncols, dtype=np.float32).reshape(grid.shape))
+        fields[name] = (grid,
+                        np.linspace(lo, hi, grid.nrows * grid.ncols, dtype=np.float32).reshape(grid.shape))
 
     paths = write_fci_l1c(tmp_path, "FDHSI", fields, SLOT)
     scn = load(paths, fields)
@@ -205,7 +207,7 @@ def test_chunk_layout():
     for res, n in FULL_DISK_PIXELS.items():
         rows = chunk_rows(res)
         assert len(rows) == N_CHUNKS and rows[0][0] == 1 and rows[-1][1] == n
-        assert all(prev[1] + 1 == nxt[0] for prev, nxt in zip(rows, rows[1:]))
+        assert all(prev[1] + 1 == nxt[0] for prev, nxt in zip(rows, rows[1:], strict=False))
     factor = {500: 4, 1000: 2, 2000: 1}
     for res in factor:  # a chunk covers the same lines at every resolution
         assert chunk_rows(res) == [((s - 1) * factor[res] + 1, e * factor[res]) for s, e in chunk_rows(2000)]

@@ -139,7 +139,7 @@ def test_metadata(scene, granule):
 def test_angles(scene, granule):
     lon, lat = granule[2], granule[3]
     scan_mid = [START + dt.timedelta(seconds=(r // 32 + 0.5) * SCAN_PERIOD_S) for r in (0, 127)]
-    for r, t in zip((0, 127), scan_mid):
+    for r, t in zip((0, 127), scan_mid, strict=True):
         sza = astronomy.sun_zenith_angle(t, lon[r], lat[r])
         np.testing.assert_allclose(scene["solar_zenith_angle"].values[r], sza, atol=0.011)
     vza = scene["satellite_zenith_angle"].values
@@ -194,7 +194,8 @@ def test_bt_lut_and_encoding(name):
     lut = band.lut()
     valid = lut[:COUNT_VALID_MAX + 1].astype(np.float64)
     assert np.all(np.diff(valid) > 0)  # strictly monotonic, so the nearest entry is unique
-    assert valid[0] == pytest.approx(band.bt_min, abs=1e-3) and valid[-1] == pytest.approx(band.bt_max, abs=1e-3)
+    assert valid[0] == pytest.approx(band.bt_min, abs=1e-3)
+    assert valid[-1] == pytest.approx(band.bt_max, abs=1e-3)
     assert np.all(lut[COUNT_VALID_MAX + 1:] < 0)  # flag/fill counts are masked by the LUT's valid range
     # the LUT is Planck of the radiance the count stands for
     counts = np.array([0, 1000, 30000, COUNT_VALID_MAX])
@@ -219,7 +220,8 @@ def test_reflectance_encoding():
     values = np.array([0.0, 0.0012, 55.5555, 131.0, 150.0, -3.0, np.nan])
     counts = band.encode(values)
     assert counts[-1] == COUNT_FILL and counts[4] == COUNT_VALID_MAX and counts[5] == 0
-    np.testing.assert_allclose(counts[:4] * band.percent_per_count, values[:4], atol=0.5 * band.percent_per_count)
+    np.testing.assert_allclose(counts[:4] * band.percent_per_count, values[:4],
+                               atol=0.5 * band.percent_per_count)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -232,7 +234,8 @@ def test_swath_geometry(heading):
     along = WGS84.inv(lon[r, c], lat[r, c], lon[r + 1, c], lat[r + 1, c])
     across = WGS84.inv(lon[r, c], lat[r, c], lon[r, c + 1], lat[r, c + 1])[2]
     assert along[2] == pytest.approx(375.0, rel=0.05) and across == pytest.approx(375.0, rel=0.05)
-    assert (along[0] - heading + 180.0) % 360.0 - 180.0 == pytest.approx(0.0, abs=0.5)  # rows follow the track
+    # rows follow the track
+    assert (along[0] - heading + 180.0) % 360.0 - 180.0 == pytest.approx(0.0, abs=0.5)
     # column 0 lies to the right of the direction of flight
     to_col0 = WGS84.inv(lon[r, c], lat[r, c], lon[r, 0], lat[r, 0])[0]
     assert (to_col0 - heading - 90.0 + 180.0) % 360.0 - 180.0 == pytest.approx(0.0, abs=1.0)

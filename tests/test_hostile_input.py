@@ -91,7 +91,8 @@ def test_row5_hostile_campaign_names_are_refused_everywhere(tmp_path, archive, m
         p = cli_here("campaign", "--name", name, "--root", root, "--start", "2024-06-01T11:00",
                     "--archive", archive, "--workers", "0", "--dry-run", *sets(model))
         one_error(p, "campaign name", "A-Z a-z 0-9 . _ -")
-    for cmd in (["status"], ["cancel"], ["campaign", "resume"], ["campaign", "retry"], ["campaign", "rebuild"]):
+    for cmd in (["status"], ["cancel"], ["campaign", "resume"], ["campaign", "retry"],
+                ["campaign", "rebuild"]):
         one_error(cli_here(*cmd, f"$(touch {canary})", "--root", root), "campaign name")
     p = run_cli("campaign", "--name", f"a\n$(touch {canary})", "--root", root, "--start", "2024-06-01T11:00",
                 "--archive", archive, "--workers", "0", *sets(model))
@@ -142,17 +143,19 @@ def test_row6_status_stays_in_the_root_and_creates_nothing(tmp_path, archive, mo
 def test_row11_huge_ranges_and_counts_are_refused_at_once(tmp_path, archive, model, cli_here):
     root = tmp_path / "root"
     t0 = time.time()
-    p = run_cli("campaign", "--name", "century", "--root", root, "--start", "2024-01-01", "--end", "2124-01-01",
-                "--every", "1min", "--archive", archive, "--dry-run", *sets(model))
+    p = run_cli("campaign", "--name", "century", "--root", root, "--start", "2024-01-01", "--end",
+                "2124-01-01", "--every", "1min", "--archive", archive, "--dry-run", *sets(model))
     one_error(p, "52,594,561 slots", "1,000,000")
     assert time.time() - t0 < 60 and not root.exists()
-    for flag, value, want in (("--workers", "100000", "between 0 and 1000"), ("--workers", "-1", "between 0 and 1000"),
+    for flag, value, want in (("--workers", "100000", "between 0 and 1000"),
+                              ("--workers", "-1", "between 0 and 1000"),
                               ("--max-attempts", "0", "between 1 and 100")):
-        p = cli_here("campaign", "--name", "w", "--root", root, "--start", "2024-06-01T11:00", "--archive", archive,
-                     flag, value, *sets(model))
+        p = cli_here("campaign", "--name", "w", "--root", root, "--start", "2024-06-01T11:00", "--archive",
+                     archive, flag, value, *sets(model))
         one_error(p, f"{flag} {value}", want)
     for ranks in ("-4", "0", "1000000"):
-        one_error(cli_here("infer", "--date", "2024-06-01T11:00", "--ranks", ranks, "--executor", "local", "--dry-run"),
+        one_error(cli_here("infer", "--date", "2024-06-01T11:00", "--ranks", ranks, "--executor", "local",
+                           "--dry-run"),
                   f"--ranks {ranks}", "between 1 and 1024")
     assert not root.exists()
 
@@ -186,7 +189,8 @@ def test_row12_lost_or_corrupt_ledger_is_one_line_and_rebuilt(tmp_path, archive,
         assert want != "missing" or not ledger.exists()  # status never made a new empty one
     one_error(run_cli("status", "c", "--root", root), str(ledger), "campaign rebuild c")
     # creating it again must not start afresh over a campaign whose outputs may exist
-    p = cli_here("campaign", "--name", "c", "--root", root, "--start", "2024-06-01T11:00", "--end", "2024-06-01T11:30",
+    p = cli_here("campaign", "--name", "c", "--root", root, "--start", "2024-06-01T11:00", "--end",
+                 "2024-06-01T11:30",
                 "--archive", archive, "--workers", "0", *sets(model))
     one_error(p, str(ledger), "campaign rebuild c")
     p = run_cli("campaign", "rebuild", "c", "--root", root)
@@ -206,7 +210,8 @@ def test_row12_rebuild_counts_done_only_verified_outputs(tmp_path, archive, mode
     import torch
     threads = torch.get_num_threads()
     try:
-        assert cp.work(cdir, owner="local:test:1", limit=1) == {"done": 1, "failed": 0}  # 11:00, really computed
+        # 11:00, really computed
+        assert cp.work(cdir, owner="local:test:1", limit=1) == {"done": 1, "failed": 0}
     finally:
         torch.set_num_threads(threads)  # the campaign's cpu_threads=1 must not slow the rest of the session
     led = Ledger(cdir / "ledger.sqlite")
@@ -261,10 +266,11 @@ def test_row16_stage_names_parse_as_readme_says(tmp_path, cli_here):
     cfg.write_text('stage: "1"\n')  # a quoted number is still Stage 1
     assert load(StageConfig, cfg).stage == 1
     ck = make_export(tmp_path / "s1", stage=1)
-    p = cli_here("infer", "--date", "2024-06-01T11:00", "--archive", tmp_path, "--executor", "local", "--dry-run",
-                 "--set", f"stage1_checkpoint={ck}", "--set", "stages=1")
+    p = cli_here("infer", "--date", "2024-06-01T11:00", "--archive", tmp_path, "--executor", "local",
+                 "--dry-run", "--set", f"stage1_checkpoint={ck}", "--set", "stages=1")
     assert p.returncode == 0, p.stderr[-1500:]
-    p = subprocess.run([sys.executable, "-m", "cloudsr_hpc.infer", "--stages", "1", "--input", str(tmp_path / "no.nc"),
+    p = subprocess.run([sys.executable, "-m", "cloudsr_hpc.infer", "--stages", "1", "--input",
+                        str(tmp_path / "no.nc"),
                         "--set", f"stage1_checkpoint={ck}", "--out", str(tmp_path / "out")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     one_error(p, "no.nc")  # past the config: the missing input is what is wrong
@@ -273,8 +279,9 @@ def test_row16_stage_names_parse_as_readme_says(tmp_path, cli_here):
 # ------------------------------------------------------------------------------ row 17: one-line errors
 def test_row17_export_with_empty_metadata(tmp_path):
     import torch
+
     from cloudsr_hpc.models.cascade import Stage
-    from cloudsr_hpc.training.checkpoint import export_model
+    from cloudsr_hpc.models.export import export_model
     path = export_model(tmp_path / "empty", {"w": torch.zeros(1)}, {})
     with pytest.raises(InputError, match="export metadata lacks stage, channels, scale"):
         Stage.load(path)
@@ -286,7 +293,8 @@ def test_row17_export_with_empty_metadata(tmp_path):
 
 def test_row17_manifest_that_is_not_an_object(tmp_path):
     import torch
-    from cloudsr_hpc.training.checkpoint import export_model, load_model
+
+    from cloudsr_hpc.models.export import export_model, load_model
     path = export_model(tmp_path / "m", {"w": torch.zeros(1)}, {"stage": 2})
     (path.parent / "manifest.json").write_text("[]")
     with pytest.raises(InputError, match="manifest.json: unreadable manifest"):
@@ -317,9 +325,11 @@ def test_row17_satpy_key_error_names_the_field(tmp_path):
     (StageConfig, "stage1.yaml", "model.dropout=3", "model.dropout = 3.0: must be in [0, 1)"),
     (StageConfig, "stage1.yaml", "model.base_channels=0", "model.base_channels = 0: must be >= 1"),
     (StageConfig, "stage1.yaml", "model.channel_mult=[1,0]", "channel_mult = [1, 0]"),
-    (StageConfig, "stage1.yaml", "model.attention_levels=[7]", "attention_levels = [7]: each must be in [0, "),
+    (StageConfig, "stage1.yaml", "model.attention_levels=[7]",
+     "attention_levels = [7]: each must be in [0, "),
     (StageConfig, "stage1.yaml", "diffusion.kappa=0", "diffusion.kappa = 0.0: must be > 0"),
-    (StageConfig, "stage1.yaml", "diffusion.grad_loss_weight=-1", "diffusion.grad_loss_weight = -1.0: must be >= 0"),
+    (StageConfig, "stage1.yaml", "diffusion.grad_loss_weight=-1",
+     "diffusion.grad_loss_weight = -1.0: must be >= 0"),
     (StageConfig, "stage2.yaml", "data.degradation.seed=-2", "degradation.seed = -2: must be >= 0"),
     (InferConfig, "infer.yaml", "cpu_threads=-1", "cpu_threads = -1: must be in [0, 1024]"),
     (InferConfig, "infer.yaml", "writer_threads=-1", "writer_threads = -1: must be in [0, 256]"),
@@ -329,7 +339,8 @@ def test_row17_satpy_key_error_names_the_field(tmp_path):
     (EvaluateConfig, "evaluate.yaml", "max_pairs=-1", "max_pairs = -1: must be >= 0"),
     (EvaluateConfig, "evaluate.yaml", "cpu_threads=-3", "cpu_threads = -3: must be in [0, 1024]"),
     (PairsFile, "pairs.yaml", "synth.every_minutes=0", "synth.every_minutes = 0.0: must be > 0"),
-    (PairsFile, "pairs.yaml", "pairs.compression_level=12", "pairs.compression_level = 12: must be in [0, 9]"),
+    (PairsFile, "pairs.yaml", "pairs.compression_level=12",
+     "pairs.compression_level = 12: must be in [0, 9]"),
 ])
 def test_row18_every_key_is_range_checked(cls, name, override, needle):
     with pytest.raises(ConfigError) as e:

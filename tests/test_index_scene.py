@@ -21,12 +21,15 @@ def _touch(root, rel):
 
 
 def test_index_finds_nearest_slot_and_groups_files(tmp_path):
-    nc = _touch(tmp_path, "seviri/2024/06/01/W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601120010.nc")
-    _touch(tmp_path, "seviri/2024/06/01/W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601121510.nc")
+    nc = _touch(tmp_path,
+                "seviri/2024/06/01/W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601120010.nc")
+    _touch(tmp_path,
+           "seviri/2024/06/01/W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601121510.nc")
     nat = _touch(tmp_path, "nat/MSG4-SEVI-MSG15-0100-NA-20240601121242.123000000Z-NA.nat")
     obs = _touch(tmp_path, "viirs/VNP02IMG.A2024153.1204.002.2024153130000.nc")
     geo = _touch(tmp_path, "viirs/VNP03IMG.A2024153.1204.002.2024153130000.nc")
-    _touch(tmp_path, "seviri/.W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601123010.nc.part")
+    _touch(tmp_path,
+           "seviri/.W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601123010.nc.part")
     _touch(tmp_path, "README.txt")
     idx = ArchiveIndex(tmp_path, REG)
     s = idx.find("seviri", ["nc"], parse_date("2024-06-01T12:05"))
@@ -39,11 +42,15 @@ def test_index_finds_nearest_slot_and_groups_files(tmp_path):
 
 
 def test_fci_chunks_are_grouped_by_repeat_cycle_not_chunk_time(tmp_path):
-    name = ("W_XX-EUMETSAT-Darmstadt,IMG+SAT,MTI1+FCI-1C-RRAD-FDHSI-FD--CHK-BODY--DIS-NC4E_C_EUMT_{p}_IDPFI_OPE_"
+    name = ("W_XX-EUMETSAT-Darmstadt,IMG+SAT,MTI1+FCI-1C-RRAD-FDHSI-FD--CHK-BODY--DIS-NC4E_"
+            "C_EUMT_{p}_IDPFI_OPE_"
             "{s}_{e}_N__C_{rc}_{n}.nc")
-    a = _touch(tmp_path, name.format(p="20240601120159", s="20240601120014", e="20240601120029", rc="0073", n="0001"))
-    b = _touch(tmp_path, name.format(p="20240601121159", s="20240601120914", e="20240601120929", rc="0073", n="0040"))
-    c = _touch(tmp_path, name.format(p="20240602000959", s="20240602000414", e="20240602000429", rc="0144", n="0040"))
+    a = _touch(tmp_path,
+               name.format(p="20240601120159", s="20240601120014", e="20240601120029", rc="0073", n="0001"))
+    b = _touch(tmp_path,
+               name.format(p="20240601121159", s="20240601120914", e="20240601120929", rc="0073", n="0040"))
+    c = _touch(tmp_path,
+               name.format(p="20240602000959", s="20240602000414", e="20240602000429", rc="0144", n="0040"))
     idx = ArchiveIndex(tmp_path, REG)
     assert idx.scene("fci", ["fdhsi"], dt.datetime(2024, 6, 1, 12, 0)).files == sorted([a, b])
     # the last cycle of 1 June (23:50) has chunks scanned after midnight
@@ -53,7 +60,9 @@ def test_fci_chunks_are_grouped_by_repeat_cycle_not_chunk_time(tmp_path):
 def test_index_says_when_nothing_is_within_tolerance(tmp_path):
     _touch(tmp_path, "W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,MSG4+SEVIRI_C_EUMG_20240601120010.nc")
     idx = ArchiveIndex(tmp_path, REG)
-    with pytest.raises(ArchiveError, match=r"no seviri scene within 0:07:30 of 2024-06-02T12:00:00 \(nearest: 2024-06-01T12:00:00\)"):
+    with pytest.raises(ArchiveError,
+                       match=r"no seviri scene within 0:07:30 of 2024-06-02T12:00:00 \(nearest: "
+                             r"2024-06-01T12:00:00\)"):
         idx.find("seviri", ["nc"], dt.datetime(2024, 6, 2, 12))
     with pytest.raises(ArchiveError, match="no viirs"):
         idx.find("viirs", ["l1b"], dt.datetime(2024, 6, 1, 12))
@@ -77,7 +86,8 @@ def _scene():
     lon, _ = g.lonlat()
     vals = {c: np.where(np.isfinite(lon), rng.uniform(200, 300, g.shape), np.nan).astype(np.float32)
             for c in ("IR_108", "VIS006")}
-    return make_scene(vals, REG.sensor("seviri"), dt.datetime(2024, 6, 1, 12), grid=g, platform="Meteosat-11"), g
+    return make_scene(vals, REG.sensor("seviri"), dt.datetime(2024, 6, 1, 12), grid=g,
+                      platform="Meteosat-11"), g
 
 
 def test_canonical_scene_round_trip_is_lossless(tmp_path):

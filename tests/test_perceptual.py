@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from cloudsr_hpc.errors import InputError
-from cloudsr_hpc.evaluation.perceptual import (BACKBONE_FILE, LPIPSUnavailable, PerceptualMetric, stage_backbone)
+from cloudsr_hpc.evaluation.perceptual import (
+    BACKBONE_FILE,
+    LPIPSUnavailable,
+    PerceptualMetric,
+    stage_backbone,
+)
 from tests.conftest import run_cli
 
 
@@ -60,7 +65,8 @@ def test_lpips_plumbing_matches_the_package_with_the_same_backbone(fixed_backbon
         ref = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False).eval()
     state = torch.load(fixed_backbone, weights_only=True)
     ref.net.load_state_dict({f"slice{s}.{i}.{p}": state[f"features.{i}.{p}"]
-                             for s, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10)) for p in ("weight", "bias")})
+                             for s, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10))
+                             for p in ("weight", "bias")})
     for c in range(2):
         with torch.no_grad():
             want = ref(pred[:, c:c + 1].repeat(1, 3, 1, 1), target[:, c:c + 1].repeat(1, 3, 1, 1)).flatten()
@@ -68,7 +74,8 @@ def test_lpips_plumbing_matches_the_package_with_the_same_backbone(fixed_backbon
         assert float(sums[c]) == pytest.approx(float(want.double().sum()), rel=1e-5)
     # identical images score 0; a more distorted prediction scores higher
     s0, _ = metric.per_channel(target, target, mask)
-    s2, _ = metric.per_channel((target + 0.6 * torch.randn(target.shape, generator=g)).clamp(-1, 1), target, mask)
+    s2, _ = metric.per_channel((target + 0.6 * torch.randn(target.shape, generator=g)).clamp(-1, 1), target,
+                               mask)
     assert float(s0.abs().max()) < 1e-6 and bool((s2 > sums).all())
 
 

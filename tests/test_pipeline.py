@@ -35,10 +35,12 @@ def test_synth_writes_real_names_that_satpy_opens(sv_archive):
     scn = _satpy_load("seviri_l1b_nc", [lr[2]], ["IR_108", "VIS006"])
     assert scn.start_time == dt.datetime(2024, 6, 1, 12, 0)
     bt = scn["IR_108"].values
-    assert np.isnan(bt).any() and 200 < np.nanmin(bt) < 245 and 280 < np.nanmax(bt) < 310  # space, cold tops, warm surface
+    # space, cold tops, warm surface
+    assert np.isnan(bt).any() and 200 < np.nanmin(bt) < 245 and 280 < np.nanmax(bt) < 310
     v = _satpy_load("viirs_l1b", [obs[2], geo[2]], ["I05", "I01"])
     assert v["I05"].shape[0] % 32 == 0 and 200 < np.nanmin(v["I05"].values) < 250
-    assert v.start_time - dt.datetime(2024, 6, 1, 12, 0) == dt.timedelta(minutes=4)  # the configured overpass lag
+    # the configured overpass lag
+    assert v.start_time - dt.datetime(2024, 6, 1, 12, 0) == dt.timedelta(minutes=4)
 
 
 def test_archive_index_pairs_every_slot(sv_archive):
@@ -66,7 +68,7 @@ def _mean_shift(shards, channel=4, scale=4):
     shifts = []
     for p in shards:
         with h5py.File(p) as f:
-            for lr, hr in zip(f["lr"][:, channel], f["hr"][:, channel]):
+            for lr, hr in zip(f["lr"][:, channel], f["hr"][:, channel], strict=True):
                 if np.nanstd(lr) > 3:  # a patch with structure to correlate
                     shifts.append(pair_shift_lr_px(lr, hr, scale))
     return np.median(np.array(shifts), axis=0), len(shifts)
@@ -80,7 +82,8 @@ def test_stage1_pairs_are_misaligned_as_configured(sv_archive):
     # HR content displacement vs LR = advection over the overpass lag + LR misregistration
     u, v = 12.0, 3.0
     lag = sim.hr_dt_minutes * 60
-    expect = np.array([u * lag / step + sim.misregistration_lr_px[0], -v * lag / step + sim.misregistration_lr_px[1]])
+    expect = np.array([u * lag / step + sim.misregistration_lr_px[0],
+                       -v * lag / step + sim.misregistration_lr_px[1]])
     got, n = _mean_shift(sorted((root / "pairs" / "train").glob("pairs-*.h5")))
     assert n > 10
     assert np.all(np.abs(got - expect) < 0.3), (got, expect)
@@ -120,7 +123,8 @@ def test_same_seed_same_archive(tmp_path, cli):
     assert np.array_equal(sa, sb, equal_nan=True)
     cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path / "c",
         "--seed", "8", check=True)
-    sc = _satpy_load("seviri_l1b_nc", sorted((tmp_path / "c").rglob("*SEVIRI*.nc")), ["IR_108"])["IR_108"].values
+    sc = _satpy_load("seviri_l1b_nc", sorted((tmp_path / "c").rglob("*SEVIRI*.nc")),
+                     ["IR_108"])["IR_108"].values
     assert not np.allclose(sa, sc, equal_nan=True)
 
 
@@ -130,7 +134,8 @@ def mtg_archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("mtg")
     run_cli("synth", "--pair", "msg_mtg", "--start", "2024-06-01T11:45", "--end", "2024-06-01T12:15",
             "--archive", root / "archive", check=True)
-    out = run_cli("pairs", "--pair", "msg_mtg", "--archive", root / "archive", "--out", root / "pairs", check=True)
+    out = run_cli("pairs", "--pair", "msg_mtg", "--archive", root / "archive", "--out", root / "pairs",
+                  check=True)
     return root, yaml.safe_load(out.stdout)
 
 
@@ -149,14 +154,15 @@ def test_msg_mtg_fci_files_open_in_satpy_and_pair(mtg_archive):
     assert stats["pairs"] > 20 and not stats["skipped"]
     sim = REG.pair("msg_mtg").simulate
     lag, step = sim.hr_dt_minutes * 60, 3000.403
-    expect = np.array([12.0 * lag / step + sim.misregistration_lr_px[0], -3.0 * lag / step + sim.misregistration_lr_px[1]])
+    expect = np.array([12.0 * lag / step + sim.misregistration_lr_px[0],
+                       -3.0 * lag / step + sim.misregistration_lr_px[1]])
     got, n = _mean_shift(sorted((root / "pairs" / "train").glob("pairs-*.h5")))
     assert n > 5 and np.all(np.abs(got - expect) < 0.3), (got, expect)
 
 
 def test_full_disk_is_a_true_3712_square(tmp_path, cli):
-    cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path, "--size", "full",
-        check=True)
+    cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T12:00", "--archive", tmp_path, "--size",
+        "full", check=True)
     f = sorted((tmp_path / "seviri").rglob("*.nc"))
     scn = _satpy_load("seviri_l1b_nc", f, ["IR_108"])
     bt = scn["IR_108"].values

@@ -1,15 +1,14 @@
 import numpy as np
 import torch
 
-from cloudsr_hpc.inference.tiling import (Accumulator, blend_window, interior_edges, plan_tiles,
-                                          tile_origins)
+from cloudsr_hpc.inference.tiling import Accumulator, blend_window, interior_edges, plan_tiles, tile_origins
 from cloudsr_hpc.models.network import ConditionalUNet
 from cloudsr_hpc.schema import ModelConfig
 
 
 def test_tile_origins_cover_with_overlap():
     o = tile_origins(100, 32, 8)
-    assert o[0] == 0 and o[-1] == 68 and all(b - a <= 24 for a, b in zip(o, o[1:]))
+    assert o[0] == 0 and o[-1] == 68 and all(b - a <= 24 for a, b in zip(o, o[1:], strict=False))
     assert tile_origins(20, 32, 8) == [0]
     assert plan_tiles(np.ones((10, 50), bool), 32, 16)[0].rows == 10  # a scene thinner than a tile
 

@@ -96,6 +96,7 @@ class DegradedHRDataset(_ShardIndex):
 def rank_sampler(dataset: Dataset, rank: int, world: int, seed: int, epoch: int = 0,
                  shuffle: bool = True) -> DistributedSampler:
     """DistributedSampler with an explicit seed/epoch: every rank sees a disjoint, reproducible slice."""
-    s = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    s = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+                           drop_last=False)
     s.set_epoch(epoch)
     return s

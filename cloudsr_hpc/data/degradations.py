@@ -106,7 +106,8 @@ class Degradation:
                 "noise": c.noise_std[0] + u[3] * (c.noise_std[1] - c.noise_std[0])}
 
     def __call__(self, hr: torch.Tensor, mask: torch.Tensor, g: torch.Generator,
-                 params: dict | None = None, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                 params: dict | None = None,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(C, H, W) normalised HR + mask -> (C, H/s, W/s) LR + mask + the drawn parameters.
 
         ``noise`` (C, H/s, W/s), standard normal, replaces the generator's draw: a scene degraded

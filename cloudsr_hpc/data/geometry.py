@@ -76,15 +76,17 @@ class GeosGrid:
         y1 = (self.full_rows / 2 - self.row0) * self.step
         return (x0, y1 - self.nrows * self.step, x0 + self.ncols * self.step, y1)
 
-    def window(self, row0: int, col0: int, nrows: int, ncols: int) -> "GeosGrid":
+    def window(self, row0: int, col0: int, nrows: int, ncols: int) -> GeosGrid:
         """A sub-window; offsets are relative to this grid."""
-        return dataclasses.replace(self, row0=self.row0 + row0, col0=self.col0 + col0, nrows=nrows, ncols=ncols)
+        return dataclasses.replace(self, row0=self.row0 + row0, col0=self.col0 + col0, nrows=nrows,
+                                   ncols=ncols)
 
-    def scaled(self, factor: int) -> "GeosGrid":
+    def scaled(self, factor: int) -> GeosGrid:
         """The same window at ``factor`` times finer resolution (the HR target grid of a pair)."""
         return dataclasses.replace(self, step=self.step / factor, full_rows=self.full_rows * factor,
                                    full_cols=self.full_cols * factor, row0=self.row0 * factor,
-                                   col0=self.col0 * factor, nrows=self.nrows * factor, ncols=self.ncols * factor)
+                                   col0=self.col0 * factor, nrows=self.nrows * factor,
+                                   ncols=self.ncols * factor)
 
     def proj_dict(self) -> dict:
         return {"proj": "geos", "lon_0": self.sub_lon, "h": self.h, "a": self.a, "b": self.b,
@@ -112,7 +114,7 @@ class GeosGrid:
         return {f"grid_{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_attrs(cls, attrs: dict) -> "GeosGrid":
+    def from_attrs(cls, attrs: dict) -> GeosGrid:
         kw = {}
         for f in dataclasses.fields(cls):
             key = f"grid_{f.name}"

@@ -20,7 +20,8 @@ from trollsift import Parser
 from ..errors import ArchiveError, CloudSRError, InputError
 from .sensors import Registry, Sensor
 
-DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y%m%dT%H%M", "%Y%m%d%H%M", "%Y-%m-%d")
+DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y%m%dT%H%M", "%Y%m%d%H%M",
+                "%Y-%m-%d")
 
 
 def parse_date(text: str) -> dt.datetime:
@@ -52,7 +53,8 @@ def parse_every(text: str) -> dt.timedelta:
 MAX_SLOTS = 1_000_000  # ~28 years of 15-min slots: a longer range is several campaigns/archives
 
 
-def count_slots(start: dt.datetime, end: dt.datetime | None, every: dt.timedelta, limit: int = MAX_SLOTS) -> int:
+def count_slots(start: dt.datetime, end: dt.datetime | None, every: dt.timedelta,
+                limit: int = MAX_SLOTS) -> int:
     """How many slots start, start + every, ... <= end are, refused above ``limit`` before any is
     made (``2024 -> 2124 every 1min`` is 53 million: a clear error, not gigabytes of datetimes)."""
     end = end or start
@@ -60,8 +62,8 @@ def count_slots(start: dt.datetime, end: dt.datetime | None, every: dt.timedelta
         raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
     n = (end - start) // every + 1
     if n > limit:
-        raise InputError(f"{start.isoformat()} to {end.isoformat()} every {every}: {n:,} slots, more than the "
-                         f"{limit:,} allowed at once; split the range")
+        raise InputError(f"{start.isoformat()} to {end.isoformat()} every {every}: {n:,} slots, more than "
+                         f"the {limit:,} allowed at once; split the range")
     return n
 
 
@@ -134,7 +136,8 @@ class ArchiveIndex:
             raise ArchiveError(f"{self.root}: archive directory does not exist")
         self.registry = registry
         self._parsers = parsers(registry)
-        self.entries: dict[tuple[str, str], dict[dt.datetime, list[Path]]] = defaultdict(lambda: defaultdict(list))
+        self.entries: dict[tuple[str, str], dict[dt.datetime, list[Path]]] = \
+            defaultdict(lambda: defaultdict(list))
         for dirpath, _dirs, names in os.walk(self.root):
             for name in names:
                 if not name.startswith("."):  # temporary files of writers in progress
@@ -171,12 +174,14 @@ class ArchiveIndex:
             if not times:
                 raise ArchiveError(f"{self.root}: no {sensor} ({'+'.join(formats)}) files in the archive")
             i = bisect.bisect_left(times, when)
-            best = min(times[max(0, i - 1):i + 1], key=lambda t: abs(t - when))  # ties: the earlier, as before
+            # ties: the earlier, as before
+            best = min(times[max(0, i - 1):i + 1], key=lambda t: abs(t - when))
             if abs(best - when) > tol:
                 raise ArchiveError(f"{self.root}: no {sensor} scene within {tol} of {when.isoformat()} "
                                    f"(nearest: {best.isoformat()})")
             return self.scene(sensor, formats, best)
         return find
 
-    def between(self, sensor: str, formats: list[str], start: dt.datetime, end: dt.datetime) -> list[SceneFiles]:
+    def between(self, sensor: str, formats: list[str], start: dt.datetime,
+                end: dt.datetime) -> list[SceneFiles]:
         return [self.scene(sensor, formats, t) for t in self.times(sensor, formats) if start <= t <= end]

@@ -185,7 +185,8 @@ class PairBuilder:
             return None
         full = scene_grid(lr)
         r0, c0 = grid.row0 - full.row0, grid.col0 - full.col0
-        lr_arr = np.stack([lr[c].values[r0:r0 + grid.nrows, c0:c0 + grid.ncols] for c in self.pair.lr_channels])
+        lr_arr = np.stack([lr[c].values[r0:r0 + grid.nrows, c0:c0 + grid.ncols]
+                           for c in self.pair.lr_channels])
         hr_vals = reproject_to_grid(hr, grid.scaled(self.pair.scale), self.cfg.resampler_radius_hr_px)
         hr_arr = np.stack([hr_vals[c] for c in self.pair.hr_channels])
         return lr_arr, hr_arr, grid
@@ -233,8 +234,8 @@ class PairBuilder:
         times = [t for t in self.index.times(self.pair.hr, self.pair.hr_formats)
                  if not ((start and t < start) or (end and t > end))]
         if not times:
-            raise ArchiveError(f"{self.index.root}: no {self.pair.hr} ({'+'.join(self.pair.hr_formats)}) scenes "
-                               f"for pair {self.pair.name}")
+            raise ArchiveError(f"{self.index.root}: no {self.pair.hr} ({'+'.join(self.pair.hr_formats)}) "
+                               f"scenes for pair {self.pair.name}")
         return [(self.index.scene(self.pair.hr, self.pair.hr_formats, t),) for t in times]
 
     def run(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> PairStats:
@@ -258,7 +259,8 @@ class PairBuilder:
                     if hr_ok >= c.stage2_min_valid:
                         writers[(split, "hr")].add(hp, when, row, col, sources)
                         stats.hr_patches += 1
-                    if lp is not None and hr_ok >= c.min_valid and np.isfinite(lp).any(axis=0).mean() >= c.min_valid:
+                    if (lp is not None and hr_ok >= c.min_valid
+                            and np.isfinite(lp).any(axis=0).mean() >= c.min_valid):
                         writers[(split, "pairs")].add(hp, when, row, col, sources, lr=lp)
                         stats.pairs += 1
             except CloudSRError as e:  # one bad scene never stops the run: record it, go on

@@ -61,8 +61,8 @@ def _grid_from_area(area, sensor: Sensor, where: str = "") -> tuple[GeosGrid, bo
     full = 2 * int(np.ceil(half - 1e-3))  # tolerate float32 extents (the native reader)
     col0, row0 = west / step + full / 2, full / 2 - north / step
     if abs(col0 - round(col0)) > 1e-3 or abs(row0 - round(row0)) > 1e-3:
-        raise InputError(f"{where}: {sensor.name} area extent {area.area_extent} is not aligned to a symmetric "
-                         f"full-disk grid of step {step:.3f} m")
+        raise InputError(f"{where}: {sensor.name} area extent {area.area_extent} is not aligned to a "
+                         f"symmetric full-disk grid of step {step:.3f} m")
     ellipsoid = area.crs.ellipsoid
     grid = GeosGrid(sub_lon=float(cf.get("longitude_of_projection_origin", 0.0)), step=float(step),
                     full_rows=full, full_cols=full, row0=int(round(row0)), col0=int(round(col0)),
@@ -185,7 +185,8 @@ def _check_one_sector(scn, channels: list[str], where: str) -> None:
         area = scn[c].attrs["area"]
         pixel = max(abs(a.area_extent[2] - a.area_extent[0]) / a.width for a in (ref, area))
         if area.crs != ref.crs or np.max(np.abs(np.subtract(area.area_extent, ref.area_extent))) > pixel:
-            raise InputError(f"{where}: bands on different sectors ({_sector(first, ref)}; {_sector(c, area)})")
+            raise InputError(f"{where}: bands on different sectors ({_sector(first, ref)}; "
+                             f"{_sector(c, area)})")
 
 
 def _check_one_time(scn, channels: list[str], tolerance_minutes: float, where: str) -> None:
@@ -230,7 +231,8 @@ def _night_blocks(ds: xr.Dataset, grid: GeosGrid | None, when, limit_deg: float)
         block = grid.window(r, 0, min(ROW_BLOCK, grid.nrows - r), grid.ncols)
         if _may_reach(block, when, limit_deg):
             lon, lat = block.lonlat()
-            yield slice(r, r + block.nrows), _night(lon.astype(np.float32), lat.astype(np.float32), when, limit_deg)
+            yield slice(r, r + block.nrows), _night(lon.astype(np.float32), lat.astype(np.float32), when,
+                                                    limit_deg)
 
 
 def mask_night(ds: xr.Dataset, sensor: Sensor, when, grid: GeosGrid | None) -> list[str]:
@@ -254,7 +256,8 @@ def mask_night(ds: xr.Dataset, sensor: Sensor, when, grid: GeosGrid | None) -> l
     return [c for c in refl if c in masked]
 
 
-def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], channels: list[str] | None = None,
+def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str],
+               channels: list[str] | None = None,
                lonlat_bbox: tuple[float, float, float, float] | None = None) -> xr.Dataset:
     """Read ``channels`` (None: all of the sensor's the files hold) of one scene (one or more files of
     ``sensor``) into the canonical form, reflectance masked at night (``night_masked_channels``).
@@ -285,7 +288,8 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str], ch
             values = {c: scn[c].values for c in channels}
         del loaded
     except Exception as e:
-        raise InputError(f"{where}: cannot decode data ({e.__class__.__name__}: {one_line(e)[:300]})") from None
+        raise InputError(f"{where}: cannot decode data "
+                         f"({e.__class__.__name__}: {one_line(e)[:300]})") from None
     area = scn[channels[0]].attrs["area"]
     start = scn.start_time
     platform = str(scn[channels[0]].attrs.get("platform_name", ""))

@@ -16,13 +16,12 @@ name and renamed, so a file that exists is complete.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from ..core.files import atomic_write
 from ..errors import InputError
 from .geometry import GeosGrid
 from .sensors import STANDARD_NAMES, Sensor
@@ -71,8 +70,10 @@ def make_scene(values: dict[str, np.ndarray], sensor: Sensor, start_time: dt.dat
         data_vars[GRID_MAPPING] = ((), np.int32(0), grid.cf_grid_mapping())
         attrs.update(grid.to_attrs())
     else:
-        coords = {"lat": (("y", "x"), np.asarray(lat, np.float32), {"standard_name": "latitude", "units": "degrees_north"}),
-                  "lon": (("y", "x"), np.asarray(lon, np.float32), {"standard_name": "longitude", "units": "degrees_east"})}
+        coords = {"lat": (("y", "x"), np.asarray(lat, np.float32),
+                          {"standard_name": "latitude", "units": "degrees_north"}),
+                  "lon": (("y", "x"), np.asarray(lon, np.float32),
+                          {"standard_name": "longitude", "units": "degrees_east"})}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
@@ -106,31 +107,11 @@ def encoding_for(ds: xr.Dataset, chunk: int = 512, complevel: int = 4) -> dict:
     return enc
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_path(final: Path):
-    """A temporary sibling of ``final`` (same filesystem, so ``os.replace`` is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the product gets the usual permissions
-    return Path(tmp)
-
-
 def write_scene(ds: xr.Dataset, path: str | Path, chunk: int = 512, complevel: int = 4) -> Path:
     """Write a canonical scene as CF NetCDF4; temp name + rename, nothing partial is ever visible."""
     path = Path(path)
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding_for(ds, chunk, complevel))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -91,12 +91,14 @@ class Sensor:
 
     def file_format(self, name: str) -> FileFormat:
         if name not in self.formats:
-            raise ConfigError(f"sensor {self.name}: unknown format '{name}' (known: {', '.join(self.formats)})")
+            raise ConfigError(f"sensor {self.name}: unknown format '{name}' (known: "
+                              f"{', '.join(self.formats)})")
         return self.formats[name]
 
     def channel(self, name: str) -> Channel:
         if name not in self.channels:
-            raise ConfigError(f"sensor {self.name}: unknown channel '{name}' (known: {', '.join(self.channels)})")
+            raise ConfigError(f"sensor {self.name}: unknown channel '{name}' (known: "
+                              f"{', '.join(self.channels)})")
         return self.channels[name]
 
 
@@ -136,7 +138,8 @@ class SensorPair:
         n = len(self.channels)
         for key in ("spectral_gain", "spectral_offset"):
             v = getattr(self.simulate, key)
-            require(len(v) in (0, n), where, f"simulate.{key}: needs {n} values (one per channel), got {len(v)}")
+            require(len(v) in (0, n), where,
+                    f"simulate.{key}: needs {n} values (one per channel), got {len(v)}")
 
     @property
     def lr_channels(self) -> list[str]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..core.files import atomic_write
 from ..errors import InputError
-from .scene import atomic_path
 
 SHARD_KINDS = ("pairs", "hr")
 
@@ -62,8 +61,7 @@ class ShardWriter:
         if not self.buf["hr"]:
             return None
         path = self.out_dir / f"{self.kind}-{self._next:05d}.h5"
-        tmp = atomic_path(path)
-        try:
+        with atomic_write(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 for key in ("lr", "hr"):
                     if self.buf[key]:
@@ -75,10 +73,6 @@ class ShardWriter:
                     f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
                 f.attrs["source_files"] = json.dumps(self.sources)
                 f.attrs["created"] = dt.datetime.now(dt.timezone.utc).isoformat()
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         self.written.append(path)
         self._next += 1
         self.buf = {k: [] for k in self.buf}

@@ -18,7 +18,8 @@ def phase_correlation_shift(ref: np.ndarray, moved: np.ndarray) -> tuple[float, 
     win = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
     fa, fb = np.fft.fft2((a - a.mean()) * win), np.fft.fft2((b - b.mean()) * win)
     cross = fb * np.conj(fa)
-    corr = np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-12) ** 0.5).real  # half-whitened: sharp yet smooth peak
+    # half-whitened: sharp yet smooth peak
+    corr = np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-12) ** 0.5).real
     r, c = np.unravel_index(np.argmax(corr), corr.shape)
 
     def refine(m1, m0, p1):

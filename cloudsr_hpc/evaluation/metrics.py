@@ -7,6 +7,9 @@ spectra (Welch), the FSS from summed squared fraction differences.  ``rows=(a, b
 sum to the rows a block owns when it carries halo rows for the neighbourhood measures.
 
 Images are (N, C, H, W) tensors in normalised units; masks (N, 1, H, W) with 1 = valid.
+PSNR and the gradient measures are defined in :mod:`cloudsr_hpc.models.fidelity` (training
+validates with them; the masked-sum helpers shared by every measure live there too) and are
+re-exported here.
 """
 from __future__ import annotations
 
@@ -17,53 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data.degradations import correlate1d
+from ..models.fidelity import channel_sum, crop_rows, erode, valid_only
 
-
-
-def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """1 where the whole (2r+1)^2 window is valid, on the valid-convolution grid (H-2r, W-2r)."""
-    k = 2 * radius + 1
-    return -F.max_pool2d(-mask, k, stride=1) if radius else mask
-
-
-def _crop_rows(x: torch.Tensor, rows: tuple[int, int] | None, offset: int = 0) -> torch.Tensor:
-    """Rows [a, b) of an image whose first row is image row ``offset`` (valid-convolution maps)."""
-    if rows is None:
-        return x
-    a, b = rows
-    return x[..., max(a - offset, 0):max(b - offset, 0), :]
-
-
-def _channel_sum(x: torch.Tensor) -> torch.Tensor:
-    return x.double().sum(dim=(0, 2, 3))
-
-
-def _valid_only(mask: torch.Tensor, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Invalid pixels (NaN, fill values) set to 0 so they cannot leak through 0-weights (NaN * 0 = NaN)."""
-    return tuple(torch.where(mask > 0, x, torch.zeros_like(x)) for x in images)
-
-
-# --------------------------------------------------------------------------- PSNR
-def squared_error_sums(pred, target, mask, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of squared error, valid pixel count) per channel."""
-    pred, target = _valid_only(mask, pred, target)
-    w = _crop_rows(mask.expand_as(pred), rows)
-    err = _crop_rows((pred - target) ** 2, rows)
-    return _channel_sum(err * w), _channel_sum(w)
-
-
-def psnr_from(sq: torch.Tensor | float, count: torch.Tensor | float, data_range: float = 2.0):
-    """10 log10(range^2 / MSE); inf when the error is exactly zero, NaN without valid pixels."""
-    sq, count = torch.as_tensor(sq, dtype=torch.float64), torch.as_tensor(count, dtype=torch.float64)
-    mse = sq / count.clamp_min(1)
-    out = 10 * torch.log10(data_range ** 2 / mse)  # mse == 0 -> inf
-    return torch.where(count > 0, out, torch.full_like(out, math.nan))
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 2.0) -> float:
-    """Masked PSNR over all channels in dB over ``data_range`` (2 for [-1, 1]); inf when identical."""
-    sq, n = squared_error_sums(pred, target, mask)
-    return float(psnr_from(sq.sum(), n.sum(), data_range))
+# the pixel measures training validates with: defined once in models/fidelity.py, part of this API too
+from ..models.fidelity import gradient_ratio as gradient_ratio
+from ..models.fidelity import gradient_sums as gradient_sums
+from ..models.fidelity import psnr as psnr
+from ..models.fidelity import psnr_from as psnr_from
+from ..models.fidelity import sobel_magnitude as sobel_magnitude
+from ..models.fidelity import squared_error_sums as squared_error_sums
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -91,33 +56,9 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, 
 
 def ssim_sums(pred, target, mask, rows=None, data_range: float = 2.0, radius: int = 5):
     """(sum of SSIM over windows that are wholly valid, their count) per channel."""
-    s = ssim_map(*_valid_only(mask, pred, target), data_range, radius=radius)
-    w = _crop_rows(_erode(mask, radius).expand_as(s), rows, radius)
-    return _channel_sum(_crop_rows(s, rows, radius) * w), _channel_sum(w)
-
-
-# --------------------------------------------------------------------------- gradient ratio
-def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|grad| of each channel of (N, C, H, W) by the 3x3 Sobel operator (valid region, H-2 x W-2),
-    applied separably: a central difference along one axis, [1, 2, 1] smoothing along the other."""
-    d = torch.tensor([-1.0, 0.0, 1.0], dtype=x.dtype, device=x.device)
-    s = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
-    gx = correlate1d(correlate1d(x, d, -1), s, -2)
-    gy = correlate1d(correlate1d(x, s, -1), d, -2)
-    return torch.hypot(gx, gy)
-
-
-def gradient_sums(pred, target, mask, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum |grad SR|, sum |grad HR|) per channel over pixels whose 3x3 stencil is valid."""
-    m = _crop_rows(_erode(mask, 1).expand(-1, pred.shape[1], -1, -1), rows, 1)
-    gp, gt = (_crop_rows(sobel_magnitude(x), rows, 1) for x in _valid_only(mask, pred, target))
-    return _channel_sum(gp * m), _channel_sum(gt * m)
-
-
-def gradient_ratio(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
-    """The paper's gradient-preservation ratio: mean Sobel |grad| of SR / of HR (1 = as sharp as HR)."""
-    gp, gt = gradient_sums(pred, target, mask)
-    return float("nan") if float(gt.sum()) == 0 else float(gp.sum() / gt.sum())
+    s = ssim_map(*valid_only(mask, pred, target), data_range, radius=radius)
+    w = crop_rows(erode(mask, radius).expand_as(s), rows, radius)
+    return channel_sum(crop_rows(s, rows, radius) * w), channel_sum(w)
 
 
 # --------------------------------------------------------------------------- power spectra
@@ -135,7 +76,7 @@ def tile_spectra(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     tiles that are almost wholly valid)."""
     n = x.shape[-1]
     m = valid.expand_as(x).double()
-    x = _valid_only(valid, x)[0].double()
+    x = valid_only(valid, x)[0].double()
     mean = (x * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
     x = torch.where(m > 0, x, mean) - mean
     h = torch.hann_window(n, periodic=False, dtype=torch.float64)
@@ -159,7 +100,8 @@ def cut_tiles(tile: int, *images: torch.Tensor) -> tuple[torch.Tensor, ...] | No
 
     def cut(x):
         x = x[..., :rows * tile, :cols * tile]
-        return x.unfold(2, tile, tile).unfold(3, tile, tile).permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], tile, tile)
+        t = x.unfold(2, tile, tile).unfold(3, tile, tile).permute(0, 2, 3, 1, 4, 5)
+        return t.reshape(-1, x.shape[1], tile, tile)
 
     return tuple(cut(x) for x in images)
 
@@ -207,14 +149,15 @@ def fractions(binary: torch.Tensor, mask: torch.Tensor, window: int) -> tuple[to
     return hits / valid.clamp_min(1), (valid > 0.5).double().expand_as(hits)
 
 
-def fss_sums(pred_event: torch.Tensor, target_event: torch.Tensor, mask: torch.Tensor, window: int, rows=None):
+def fss_sums(pred_event: torch.Tensor, target_event: torch.Tensor, mask: torch.Tensor, window: int,
+             rows=None):
     """(sum (Pf - Po)^2, sum Pf^2 + Po^2) per channel; FSS = 1 - first / second (1 = perfect)."""
-    pred_event, target_event = _valid_only(mask, pred_event, target_event)
+    pred_event, target_event = valid_only(mask, pred_event, target_event)
     pf, v = fractions(pred_event, mask, window)
     po, _ = fractions(target_event, mask, window)
-    w = _crop_rows(v * mask.double(), rows)
-    pf, po = _crop_rows(pf, rows), _crop_rows(po, rows)
-    return _channel_sum((pf - po) ** 2 * w), _channel_sum((pf ** 2 + po ** 2) * w)
+    w = crop_rows(v * mask.double(), rows)
+    pf, po = crop_rows(pf, rows), crop_rows(po, rows)
+    return channel_sum((pf - po) ** 2 * w), channel_sum((pf ** 2 + po ** 2) * w)
 
 
 # --------------------------------------------------------------------------- tile seams
@@ -231,7 +174,8 @@ def tile_edge_cols(n_lr: int, tile: int, overlap: int, scale: int) -> list[int]:
     """HR columns where a tile of the plan starts or ends inside the scene."""
     from ..inference.tiling import tile_origins
     starts = tile_origins(n_lr, min(tile, n_lr), overlap)
-    return sorted({c * scale for c in starts if c > 0} | {(c + tile) * scale for c in starts if c + tile < n_lr})
+    return sorted({c * scale for c in starts if c > 0}
+                  | {(c + tile) * scale for c in starts if c + tile < n_lr})
 
 
 # --------------------------------------------------------------------------- ensemble scores
@@ -248,11 +192,13 @@ def crps_ensemble(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return skill
     xs = members.sort(dim=0).values
-    w = (2 * torch.arange(1, n + 1, dtype=xs.dtype, device=xs.device) - n - 1).view(n, *([1] * (xs.dim() - 1)))
+    w = (2 * torch.arange(1, n + 1, dtype=xs.dtype, device=xs.device) - n - 1)
+    w = w.view(n, *([1] * (xs.dim() - 1)))
     return skill - (w * xs).sum(0) / (n * (n - 1))
 
 
-def truth_ranks(members: torch.Tensor, truth: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def truth_ranks(members: torch.Tensor, truth: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Rank of the truth among N members (0..N: the number of members below it), ties with
     members broken uniformly at random (``generator``), so a perfect ensemble gives a flat histogram."""
     below = (members < truth).sum(0)

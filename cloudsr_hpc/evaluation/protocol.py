@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from ..config import build
+from ..core.norm import denormalise, normalise
+from ..core.resources import peak_rss_mb
 from ..data.degradations import Degradation
 from ..errors import ConfigError, InputError
 from ..models.cascade import Cascade, Stage, channel_fill, upsample_condition
 from ..models.diffusion import GlobalNoise
-from ..inference.pipeline import denormalise, peak_rss_mb
 from ..schema import DegradationConfig, EvaluateConfig
 from .scores import EnsembleSums, ScoreSums
 
@@ -105,17 +106,21 @@ class Bicubic:
 
 def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade], dict]:
     """{method: cascade-like} for ``cfg.methods`` (bicubic excluded) and the reference stage meta."""
-    needs = {"regression": ["regression"], "stage1": ["stage1"], "stage2": ["stage2"], "cascade": ["stage1", "stage2"]}
+    needs = {"regression": ["regression"], "stage1": ["stage1"], "stage2": ["stage2"],
+             "cascade": ["stage1", "stage2"]}
     stages: dict[str, Stage] = {}
     for key in sorted({s for m in cfg.methods for s in needs.get(m, [])}):
         path = Path(getattr(cfg, f"{key}_checkpoint"))
         if not path.is_file():
-            raise ConfigError(f"evaluate.{key}_checkpoint: {path} does not exist (needed by methods {cfg.methods})")
+            raise ConfigError(f"evaluate.{key}_checkpoint: {path} does not exist (needed by methods "
+                              f"{cfg.methods})")
         stages[key] = Stage.load(path, device, expect={"stage1": 1, "stage2": 2}.get(key, key),
                                  key=f"evaluate.{key}_checkpoint")
     if not stages:
-        raise ConfigError("evaluate.methods: at least one learned method is needed (bicubic alone has no model metadata)")
-    methods = {m: Cascade([stages[s] for s in needs[m]], seed=cfg.seed) for m in cfg.methods if m != "bicubic"}
+        raise ConfigError("evaluate.methods: at least one learned method is needed (bicubic alone has no "
+                          "model metadata)")
+    methods = {m: Cascade([stages[s] for s in needs[m]], seed=cfg.seed)
+               for m in cfg.methods if m != "bicubic"}
     ref = next(iter(stages.values())).meta
     if len({(tuple(c.hr_channels), c.scale) for c in methods.values()}) != 1:
         raise InputError("evaluate: the checkpoints disagree on channels or scale")
@@ -130,7 +135,8 @@ def renorm(x, src, dst):
     b = (lo_s + (hi_s - lo_s) / 2 - (lo_d + (hi_d - lo_d) / 2)) * 2 / (hi_d - lo_d)
     shape = (-1, 1, 1)
     if isinstance(x, torch.Tensor):
-        return x * torch.as_tensor(a, dtype=x.dtype).view(shape) + torch.as_tensor(b, dtype=x.dtype).view(shape)
+        return (x * torch.as_tensor(a, dtype=x.dtype).view(shape)
+                + torch.as_tensor(b, dtype=x.dtype).view(shape))
     x = x * a.astype(np.float32).reshape(shape)  # float32 throughout: an LR disk is 275 MB per copy
     x += b.astype(np.float32).reshape(shape)
     return x
@@ -158,7 +164,8 @@ def _hr_quantities(registry, pair_name: str, channels: list[str]) -> tuple[list[
     return [sensor.channel(c).quantity for c in channels], [sensor.channel(c).units for c in channels]
 
 
-def _finish(ev: Evaluation, sums: dict[str, ScoreSums], ens: dict[str, EnsembleSums] | None = None) -> Evaluation:
+def _finish(ev: Evaluation, sums: dict[str, ScoreSums],
+            ens: dict[str, EnsembleSums] | None = None) -> Evaluation:
     for name, s in sums.items():
         ev.scores[name] = s.result()
         ev.spectra[name] = s.spectra()
@@ -186,7 +193,8 @@ def _info_members(ev: Evaluation, cfg: EvaluateConfig, sizes: dict[str, int]) ->
     if cfg.members > 1:
         ev.members = cfg.members
         ev.info["members"] = cfg.members
-        log.info("ensembles of %d members: %s", cfg.members, [m for m, k in sizes.items() if k > 1] or "no stochastic method")
+        log.info("ensembles of %d members: %s", cfg.members,
+                 [m for m, k in sizes.items() if k > 1] or "no stochastic method")
 
 
 def training_degradation(methods: dict) -> DegradationConfig:
@@ -214,15 +222,20 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
     chans = list(val.attrs["hr_channels"])
     first = next(iter(methods.values()))
     if first.hr_channels != chans or first.scale != val.scale:
-        raise InputError(f"{cfg.pairs}: pairs of {chans} x{val.scale}, the models give {first.hr_channels} x{first.scale}")
+        raise InputError(f"{cfg.pairs}: pairs of {chans} x{val.scale}, the models give {first.hr_channels} "
+                         f"x{first.scale}")
     quantities, units = _hr_quantities(registry, val.attrs["pair"], chans)
-    all_methods = {"bicubic": Bicubic(val.scale, norm_hr, first.lr_channels, chans)} if "bicubic" in cfg.methods else {}
+    all_methods = ({"bicubic": Bicubic(val.scale, norm_hr, first.lr_channels, chans)}
+                   if "bicubic" in cfg.methods else {})
     all_methods.update(methods)
-    sums, ens, sizes = _score_sums(cfg, all_methods, lambda: ScoreSums(chans, quantities, norm_hr, val.scale, cfg, perceptual),
+    sums, ens, sizes = _score_sums(cfg, all_methods,
+                                   lambda: ScoreSums(chans, quantities, norm_hr, val.scale, cfg, perceptual),
                                    chans, quantities, norm_hr, units)
     n = min(len(val), cfg.max_pairs) if cfg.max_pairs else len(val)
-    ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(min(n, 256))]))  # the most structured pair
-    ev = Evaluation("held-out pairs", chans, val.scale, units=units, info={"pairs": n, "source": str(cfg.pairs)})
+    # the most structured pair
+    ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(min(n, 256))]))
+    ev = Evaluation("held-out pairs", chans, val.scale, units=units,
+                    info={"pairs": n, "source": str(cfg.pairs)})
     _info_members(ev, cfg, sizes)
     for start in range(0, n, cfg.batch_size):
         idx = list(range(start, min(n, start + cfg.batch_size)))
@@ -234,18 +247,21 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
             pred = renorm(pred, meth.output_norm(), norm_hr)
             sums[name].add(pred.nan_to_num(), b["hr"], m * b["hr_mask"] * pred.isfinite())
             if name in ens:  # member 0 is the sample just scored; members 1..N-1 drawn here
-                members = torch.stack([pred] + [renorm(meth(x, b["lr_mask"], origins, member=k)[0], meth.output_norm(), norm_hr)
+                members = torch.stack([pred] + [renorm(meth(x, b["lr_mask"], origins, member=k)[0],
+                                                       meth.output_norm(), norm_hr)
                                                 for k in range(1, sizes[name])])
                 ens[name].add(members, b["hr"], m * b["hr_mask"])
                 if sizes[name] > 1:
                     mean = members.mean(0)
-                    sums[name + ENSEMBLE_MEAN].add(mean.nan_to_num(), b["hr"], m * b["hr_mask"] * mean.isfinite())
+                    sums[name + ENSEMBLE_MEAN].add(mean.nan_to_num(), b["hr"],
+                                                   m * b["hr_mask"] * mean.isfinite())
             if ex in idx:
                 ev.example[name] = denormalise(pred[idx.index(ex)].numpy(), *norm_hr)
         if ex in idx:
             j = idx.index(ex)
             ev.example["lr"] = denormalise(b["lr"][j].numpy(), *norm_lr)
-            ev.example["hr"] = np.where(b["hr_mask"][j].numpy() > 0, denormalise(b["hr"][j].numpy(), *norm_hr), np.nan)
+            ev.example["hr"] = np.where(b["hr_mask"][j].numpy() > 0,
+                                        denormalise(b["hr"][j].numpy(), *norm_hr), np.nan)
         log.info("evaluated %d/%d pairs", idx[-1] + 1, n)
     return _finish(ev, sums, ens)
 
@@ -266,7 +282,6 @@ def bound_chunk_cache(nc, channels: list[str]) -> None:
 def _read_rows(nc, channels: list[str], a: int, b: int, width: int, norm) -> tuple[np.ndarray, np.ndarray]:
     """Normalised HR rows [a, b) (C, b - a, width), NaN where a channel is invalid, and the pixel
     validity (b - a, width): any channel valid."""
-    from ..inference.pipeline import normalise
     vals = np.stack([np.ma.filled(nc[c][a:b, :width].astype(np.float32), np.nan) for c in channels])
     return normalise(vals, *norm, out=vals)
 
@@ -280,7 +295,8 @@ def degrade_scene(nc, channels, shape_hr, norm, dcfg: DegradationConfig, scale: 
     deg = Degradation(dcfg, scale)
     params = deg.draw(torch.Generator().manual_seed(seed))
     reach = math.ceil(3 * params["sigma_lr"] * scale + abs(params["dy_lr"]) * scale) + 1
-    halo = -(-reach // (8 * scale)) * 8 * scale  # whole 8-LR-pixel blocks: JPEG blocks stay on the global grid
+    # whole 8-LR-pixel blocks: JPEG blocks stay on the global grid
+    halo = -(-reach // (8 * scale)) * 8 * scale
     lr = np.zeros((len(channels), h // scale, w // scale), np.float32)
     valid = np.zeros((h // scale, w // scale), bool)
     noise = GlobalNoise(seed * 16 + 15)
@@ -299,7 +315,8 @@ def degrade_scene(nc, channels, shape_hr, norm, dcfg: DegradationConfig, scale: 
     return lr, valid, params
 
 
-def with_halo(blocks: Iterator[tuple[int, np.ndarray]], halo: int) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
+def with_halo(blocks: Iterator[tuple[int, np.ndarray]],
+              halo: int) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
     """(first row, (C, n, W)) blocks in order -> (first row of the joined block, the block with up
     to ``halo`` rows of its neighbours above and below, the rows it owns (a, b) within it)."""
     prev, above = None, None
@@ -323,9 +340,10 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
                    scale: int | None = None, perceptual=None) -> Evaluation:
     """Self-supervised protocol on one HR scene in canonical NetCDF (see the module docstring)."""
     import netCDF4
+
+    from ..inference.quicklook import busiest_window
     from ..inference.runner import TileRunner, pick_device
     from ..inference.tiling import blend_geometry, plan_tiles, stitch_rows
-    from .plots import busiest_window
     hr_path = Path(hr_path)
     first = next(iter(methods.values()))
     chans, s = first.hr_channels, first.scale
@@ -346,7 +364,8 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
         want = registry.pair(cfg.pair).hr
         have = getattr(nc, "sensor", want)
         if have != want:
-            raise InputError(f"{hr_path}: a scene of sensor '{have}', the {cfg.pair} models super-resolve to {want}")
+            raise InputError(f"{hr_path}: a scene of sensor '{have}', the {cfg.pair} models "
+                             f"super-resolve to {want}")
         missing = [c for c in chans if c not in nc.variables]
         if missing:
             raise InputError(f"{hr_path}: channels {missing} missing (the models need {chans})")
@@ -367,15 +386,19 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
         zr, zc = busiest_window(np.where(lr_valid, lr[-1], np.nan), zoom)
         hz = (slice(zr * s, (zr + zoom) * s), slice(zc * s, (zc + zoom) * s))
         ev = Evaluation("self-supervised scene", chans, s, units=units,
-                        info={"source": str(hr_path), "shape_hr": [h, w], "degradation": {k: round(v, 4) for k, v in params.items()}})
-        ev.example["lr"] = np.where(lr_valid[zr:zr + zoom, zc:zc + zoom], denormalise(lr[:, zr:zr + zoom, zc:zc + zoom], *norm), np.nan)
+                        info={"source": str(hr_path), "shape_hr": [h, w],
+                              "degradation": {k: round(v, 4) for k, v in params.items()}})
+        ev.example["lr"] = np.where(lr_valid[zr:zr + zoom, zc:zc + zoom],
+                                    denormalise(lr[:, zr:zr + zoom, zc:zc + zoom], *norm), np.nan)
         hr_zoom, hv = _read_rows(nc, chans, hz[0].start, hz[0].stop, w, norm)
         ev.example["hr"] = np.where(hv[:, hz[1]], denormalise(hr_zoom[:, :, hz[1]], *norm), np.nan)
-        all_methods = {"bicubic": Bicubic(s, norm, first.lr_channels, chans)} if "bicubic" in cfg.methods else {}
+        all_methods = ({"bicubic": Bicubic(s, norm, first.lr_channels, chans)}
+                       if "bicubic" in cfg.methods else {})
         all_methods.update(methods)
         tiles = plan_tiles(lr_valid, cfg.tile_lr, cfg.overlap_lr)
         tile_rows = max(t.rows for t in tiles)
-        sums, ens, sizes = _score_sums(cfg, all_methods, lambda: ScoreSums(chans, quantities, norm, s, cfg, perceptual),
+        sums, ens, sizes = _score_sums(cfg, all_methods,
+                                       lambda: ScoreSums(chans, quantities, norm, s, cfg, perceptual),
                                        chans, quantities, norm, units)
         _info_members(ev, cfg, sizes)
         nc_ = len(chans)
@@ -396,7 +419,8 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
                 hr_t = torch.from_numpy(np.nan_to_num(hr))[None]
                 sc.add(torch.from_numpy(pred)[None], hr_t, torch.from_numpy(mask)[None], (ta, tb))
                 if name in ens:
-                    members = renorm(blk_all.reshape(k, nc_, *blk.shape[1:]), meth.output_norm(), norm)  # NaN kept
+                    members = renorm(blk_all.reshape(k, nc_, *blk.shape[1:]), meth.output_norm(),
+                                     norm)  # NaN kept
                     hr_ok = np.isfinite(hr)
                     ens[name].add(torch.from_numpy(members)[:, None], hr_t,
                                   torch.from_numpy(hr_ok.astype(np.float32))[None], (ta, tb))
@@ -409,7 +433,8 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
                 lo_r, hi_r = max(row + ta, hz[0].start), min(row + tb, hz[0].stop)
                 if lo_r < hi_r:
                     zoom_rows[:, lo_r - hz[0].start:hi_r - hz[0].start] = np.where(
-                        mask[:, lo_r - row:hi_r - row, hz[1]] > 0, pred[:, lo_r - row:hi_r - row, hz[1]], np.nan)
+                        mask[:, lo_r - row:hi_r - row, hz[1]] > 0, pred[:, lo_r - row:hi_r - row, hz[1]],
+                        np.nan)
             ev.example[name] = denormalise(zoom_rows, *norm)
             log.info("scored %s over %dx%d HR pixels; peak RSS %d MB", name, h, w, peak_rss_mb())
         ev.info["peak_rss_mb"] = peak_rss_mb()

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import config_path, read_yaml
-from ..training.checkpoint import write_text_atomic
-from .plots import pyplot, save_figure
+from ..core.figures import pyplot, save_figure
+from ..core.files import write_text_atomic
 from .protocol import ENSEMBLE_MEAN, LABELS, Evaluation, method_label
 
 
@@ -36,25 +36,29 @@ def markdown(ev: Evaluation, title: str, table_window: int, published: dict | No
     lines = [f"### {title}", "",
              f"Protocol: {ev.protocol} ({', '.join(f'{k}: {v}' for k, v in ev.info.items())}); x{ev.scale}, "
              f"channels {', '.join(ev.channels)}; normalised units (range 2).", "",
-             f"| Method | PSNR (dB) ↑ | SSIM ↑ | Grad (≈ 1) | Percep ({lp}) ↓ | Spectrum ratio (≈ 1) | FSS@{table_window}px ↑ |",
+             f"| Method | PSNR (dB) ↑ | SSIM ↑ | Grad (≈ 1) | Percep ({lp}) ↓ | Spectrum ratio (≈ 1) | "
+             f"FSS@{table_window}px ↑ |",
              "|---|---|---|---|---|---|---|"]
     for name, sc in ev.scores.items():
         o = sc["overall"]
-        lines.append(f"| {method_label(name, ev.members)} | {_fmt(o['psnr'], 2)} | {_fmt(o['ssim'], 3)} | {_fmt(o['grad'], 3)} | "
-                     f"{_fmt(o['lpips'], 3)} | {_fmt(o['spectrum'], 3)} | {_fmt(o['fss'][table_window], 3)} |")
+        lines.append(f"| {method_label(name, ev.members)} | {_fmt(o['psnr'], 2)} | {_fmt(o['ssim'], 3)} | "
+                     f"{_fmt(o['grad'], 3)} | {_fmt(o['lpips'], 3)} | {_fmt(o['spectrum'], 3)} | "
+                     f"{_fmt(o['fss'][table_window], 3)} |")
     if ev.lpips_note:
         lines += ["", f"Percep: {ev.lpips_note}"]
-    lines += ["", "Grad: mean Sobel gradient magnitude SR / HR. Spectrum ratio: radially averaged power of SR / HR "
-              f"beyond the LR Nyquist wavenumber (k > {0.5 / ev.scale:.3f} cycles/px). FSS: fractions skill score of "
-              f"cloud masks in a {table_window}x{table_window} HR-pixel neighbourhood, mean over thresholds and channels."]
+    lines += ["",
+              "Grad: mean Sobel gradient magnitude SR / HR. Spectrum ratio: radially averaged power of SR / "
+              f"HR beyond the LR Nyquist wavenumber (k > {0.5 / ev.scale:.3f} cycles/px). FSS: fractions "
+              f"skill score of cloud masks in a {table_window}x{table_window} HR-pixel neighbourhood, mean "
+              "over thresholds and channels."]
     if ev.ensemble:
         lines += ensemble_markdown(ev)
     if published:
         lines += ["", f"#### Published (Gani et al., ICLR 2026 ML4RS) — {published['note']}", "",
                   "| Method | pair | PSNR (dB) ↑ | Grad (≈ 1) | Percep (LPIPS) ↓ |", "|---|---|---|---|---|"]
         for row in published["rows"]:
-            lines.append(f"| {row['method']} | {row['pair']} | {_fmt(row.get('psnr'), 2)} | {_fmt(row.get('grad'), 2)} | "
-                         f"{_fmt(row.get('lpips'), 2)} |")
+            lines.append(f"| {row['method']} | {row['pair']} | {_fmt(row.get('psnr'), 2)} | "
+                         f"{_fmt(row.get('grad'), 2)} | {_fmt(row.get('lpips'), 2)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -72,14 +76,17 @@ def ensemble_markdown(ev: Evaluation) -> list[str]:
         o, q = e["overall"], e["by_quantity"].get(ir, {})
         det = e["deterministic"]
         lines.append(f"| {LABELS.get(name, name)} | {'1 (deterministic)' if det else e['members']} | "
-                     f"{_fmt(q.get('crps'), 3)} | {_fmt(o['crps'], 4)} | {_fmt(q.get('mae'), 3)} | {_fmt(o['mae'], 4)} | "
-                     f"{'—' if det else _fmt(o['spread_skill'], 3)} | {'—' if det else _fmt(o['outside'], 3)} |")
-    lines += ["", "CRPS: fair ensemble CRPS, mean |X_i − y| − Σ_ij |X_i − X_j| / (2N(N−1)), averaged over valid "
-              "pixels; IR: the brightness-temperature channels in K, all: every channel in normalised units (range 2). "
-              "For a deterministic method (one member) the CRPS is its MAE, the reference a CRPS is compared with. "
-              "Spread/skill: sqrt((N+1)/N · mean unbiased member variance) / RMSE of the ensemble mean "
-              "(Fortin et al. 2014; < 1 under-dispersive, > 1 over-dispersive). Outside: fraction of pixels whose truth "
-              "ranks below or above every member (the rank histogram's end bins, ties broken at random; rank_histogram.png)."]
+                     f"{_fmt(q.get('crps'), 3)} | {_fmt(o['crps'], 4)} | {_fmt(q.get('mae'), 3)} | "
+                     f"{_fmt(o['mae'], 4)} | {'—' if det else _fmt(o['spread_skill'], 3)} | "
+                     f"{'—' if det else _fmt(o['outside'], 3)} |")
+    lines += ["",
+              "CRPS: fair ensemble CRPS, mean |X_i − y| − Σ_ij |X_i − X_j| / (2N(N−1)), averaged over valid "
+              "pixels; IR: the brightness-temperature channels in K, all: every channel in normalised units "
+              "(range 2). For a deterministic method (one member) the CRPS is its MAE, the reference a CRPS "
+              "is compared with. Spread/skill: sqrt((N+1)/N · mean unbiased member variance) / RMSE of the "
+              "ensemble mean (Fortin et al. 2014; < 1 under-dispersive, > 1 over-dispersive). Outside: "
+              "fraction of pixels whose truth ranks below or above every member (the rank histogram's end "
+              "bins, ties broken at random; rank_histogram.png)."]
     return lines
 
 
@@ -90,13 +97,14 @@ def csv_rows(ev: Evaluation) -> str:
     w = csv.writer(buf)
     ens_cols = ["members", "crps", "crps_physical", "mae_member0", "mae_member0_physical", "spread_skill",
                 "rmse_ensemble_mean", "outside_fraction", "rank_histogram"] if ev.ensemble else []
-    w.writerow(["method", "channel", "psnr_db", "ssim", "grad_ratio", "lpips", "spectrum_ratio"] + [f"fss_{k}px" for k in windows]
-               + ens_cols)
+    w.writerow(["method", "channel", "psnr_db", "ssim", "grad_ratio", "lpips", "spectrum_ratio"]
+               + [f"fss_{k}px" for k in windows] + ens_cols)
     for name, sc in ev.scores.items():
         rows = [("all", sc["overall"])] + list(sc["channels"].items())
         for ch, v in rows:
             w.writerow([name, ch] + [_fmt(v[m], 5) for m in ("psnr", "ssim", "grad", "lpips", "spectrum")]
-                       + [_fmt(v["fss"][k], 5) for k in windows] + (_ensemble_cells(ev, name, ch) if ens_cols else []))
+                       + [_fmt(v["fss"][k], 5) for k in windows]
+                       + (_ensemble_cells(ev, name, ch) if ens_cols else []))
     return buf.getvalue()
 
 
@@ -107,9 +115,10 @@ def _ensemble_cells(ev: Evaluation, name: str, ch: str) -> list[str]:
         return [""] * 9
     v = e["overall"] if ch == "all" else e["channels"][ch]
     hist = v.get("rank_histogram")
-    return [str(e["members"]), _fmt(v["crps"], 5), "" if ch == "all" else _fmt(v["crps_physical"], 5), _fmt(v["mae"], 5),
-            "" if ch == "all" else _fmt(v["mae_physical"], 5), _fmt(v.get("spread_skill"), 5), _fmt(v.get("rmse_mean"), 5),
-            _fmt(v.get("outside"), 5), " ".join(map(str, hist)) if hist else ""]
+    return [str(e["members"]), _fmt(v["crps"], 5), "" if ch == "all" else _fmt(v["crps_physical"], 5),
+            _fmt(v["mae"], 5),
+            "" if ch == "all" else _fmt(v["mae_physical"], 5), _fmt(v.get("spread_skill"), 5),
+            _fmt(v.get("rmse_mean"), 5), _fmt(v.get("outside"), 5), " ".join(map(str, hist)) if hist else ""]
 
 
 def _short(name: str) -> str:
@@ -125,12 +134,14 @@ def plot_grad_ratio(ev: Evaluation, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.6))
     width = 0.8 / (len(ev.channels) + 1)
     for j, ch in enumerate(["all"] + ev.channels):
-        vals = [ev.scores[n]["overall"]["grad"] if ch == "all" else ev.scores[n]["channels"][ch]["grad"] for n in names]
+        vals = [ev.scores[n]["overall"]["grad"] if ch == "all" else ev.scores[n]["channels"][ch]["grad"]
+                for n in names]
         ax.bar(np.arange(len(names)) + (j - len(ev.channels) / 2) * width, vals, width,
                label=ch, color="k" if ch == "all" else None, alpha=1.0 if ch == "all" else 0.7)
     ax.axhline(1.0, color="r", lw=1, ls="--", label="ideal (= HR)")
-    ax.set_xticks(range(len(names)), [method_label(n, ev.members).replace(": ", ":\n").replace(" (", "\n(").replace(", ", "\n")
-                                      for n in names], fontsize=7)
+    ax.set_xticks(range(len(names)),
+                  [method_label(n, ev.members).replace(": ", ":\n").replace(" (", "\n(").replace(", ", "\n")
+                   for n in names], fontsize=7)
     ax.set_ylabel("gradient ratio SR / HR")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"Gradient preservation ({ev.protocol})", fontsize=9)
@@ -162,8 +173,10 @@ def plot_spectra(ev: Evaluation, path: Path) -> Path:
 def plot_panel(ev: Evaluation, path: Path) -> Path:
     """Qualitative panel per channel: LR / bicubic / each stage / cascade / regression / HR."""
     plt = pyplot()
-    cols = ["lr"] + [n for n in ("bicubic", "stage1", "stage2", "cascade", "regression") if n in ev.example] + ["hr"]
-    fig, axes = plt.subplots(len(ev.channels), len(cols), figsize=(1.9 * len(cols), 2.0 * len(ev.channels)), squeeze=False)
+    cols = (["lr"] + [n for n in ("bicubic", "stage1", "stage2", "cascade", "regression") if n in ev.example]
+            + ["hr"])
+    fig, axes = plt.subplots(len(ev.channels), len(cols), figsize=(1.9 * len(cols), 2.0 * len(ev.channels)),
+                             squeeze=False)
     for c, ch in enumerate(ev.channels):
         hr = ev.example["hr"][c]
         vmin, vmax = np.nanpercentile(hr, [1, 99]) if np.isfinite(hr).any() else (0, 1)
@@ -173,7 +186,8 @@ def plot_panel(ev: Evaluation, path: Path) -> Path:
             ax.imshow(ev.example[name][c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if c == 0:
-                ax.set_title({"lr": "LR", "hr": "HR"}.get(name, LABELS.get(name, name).split(":")[0].split(" (")[0]), fontsize=8)
+                label = LABELS.get(name, name).split(":")[0].split(" (")[0]
+                ax.set_title({"lr": "LR", "hr": "HR"}.get(name, label), fontsize=8)
             if j == 0:
                 ax.set_ylabel(ch, fontsize=8)
     fig.suptitle(f"{ev.protocol}: x{ev.scale}", fontsize=9)
@@ -187,7 +201,8 @@ def plot_rank_histogram(ev: Evaluation, path: Path) -> Path:
     domed: over-dispersive, sloped: biased)."""
     plt = pyplot()
     methods = {n: e for n, e in ev.ensemble.items() if not e["deterministic"]}
-    fig, axes = plt.subplots(1, len(ev.channels), figsize=(3.0 * len(ev.channels), 3.0), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(ev.channels), figsize=(3.0 * len(ev.channels), 3.0), squeeze=False,
+                             sharey=True)
     for c, ch in enumerate(ev.channels):
         ax = axes[0, c]
         for name, e in methods.items():
@@ -207,12 +222,14 @@ def plot_rank_histogram(ev: Evaluation, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_report(ev: Evaluation, out_dir: str | Path, title: str, table_window: int, pair: str) -> dict[str, str]:
+def write_report(ev: Evaluation, out_dir: str | Path, title: str, table_window: int,
+                 pair: str) -> dict[str, str]:
     """metrics.md / .csv / .json and the three plots under ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pub = read_yaml(config_path("published.yaml"))
-    published = {"note": pub["note"], "rows": [r for r in pub["rows"] if r["pair"] in (pair, "unspecified")]} if pub else None
+    published = ({"note": pub["note"], "rows": [r for r in pub["rows"] if r["pair"] in (pair, "unspecified")]}
+                 if pub else None)
     md = markdown(ev, title, table_window, published)
     paths = {"markdown": out / "metrics.md", "csv": out / "metrics.csv", "json": out / "metrics.json"}
     write_text_atomic(paths["markdown"], md)

@@ -43,7 +43,8 @@ def cloud_events(quantities: list[str], norm: tuple[list[float], list[float]], c
     out = []
     for c, q in enumerate(quantities):
         below = q == "brightness_temperature"
-        thresholds = cfg.brightness_temperature_below if below else cfg.reflectance_above if q == "reflectance" else []
+        thresholds = (cfg.brightness_temperature_below if below
+                      else cfg.reflectance_above if q == "reflectance" else [])
         lo, hi = norm[0][c], norm[1][c]
         out += [Event(c, float(t), below, 2.0 * (t - lo) / (hi - lo) - 1.0) for t in thresholds]
     return out
@@ -72,7 +73,8 @@ class ScoreSums:
         return max([5, 1] + [w // 2 for w in self.cfg.fss.windows])
 
     @torch.no_grad()
-    def add(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, rows: tuple[int, int] | None = None):
+    def add(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+            rows: tuple[int, int] | None = None):
         """Add (N, C, H, W) normalised blocks; ``mask`` (N, 1 or C, H, W) is the validity of every
         channel or of each (a reflectance channel at night has none); ``rows`` = the rows this block
         owns (others are halo)."""
@@ -127,28 +129,33 @@ class ScoreSums:
             "ssim": (self.ssim / self.ssim_n).numpy(),
             "grad": (self.gp / self.gt).numpy(),
             "spectrum": np.where(self.psd_n.numpy() > 0, spec_c, nan),
-            "lpips": (self.lp / self.lp_n).numpy() if self.perceptual is not None else np.full(len(self.channels), nan),
+            "lpips": ((self.lp / self.lp_n).numpy() if self.perceptual is not None
+                      else np.full(len(self.channels), nan)),
         }
         fss_ev = {w: 1.0 - (self.fss_num[w] / self.fss_den[w]).numpy() for w in self.cfg.fss.windows}
         per_fss = {}
         for w, v in fss_ev.items():
             per_fss[w] = np.array([np.nanmean([v[i] for i, e in enumerate(self.events) if e.channel == c])
-                                   if any(e.channel == c for e in self.events) else nan for c in range(len(self.channels))])
+                                   if any(e.channel == c for e in self.events) else nan
+                                   for c in range(len(self.channels))])
         overall = {
             "psnr": float(M.psnr_from(self.sq.sum(), self.n.sum(), self.cfg.data_range)),
             "ssim": float(self.ssim.sum() / self.ssim_n.sum()),
             "grad": float(self.gp.sum() / self.gt.sum()),
             "spectrum": float(spec_all) if float(self.psd_n.sum()) else nan,
-            "lpips": float(np.nanmean(per["lpips"])) if self.perceptual is not None and float(self.lp_n.sum()) else None,
+            "lpips": (float(np.nanmean(per["lpips"]))
+                      if self.perceptual is not None and float(self.lp_n.sum()) else None),
             "fss": {w: float(np.nanmean(v)) if len(v) else nan for w, v in fss_ev.items()},
         }
         return {"overall": overall,
-                "channels": {name: {**{m: float(per[m][c]) for m in per}, "fss": {w: float(per_fss[w][c]) for w in per_fss}}
+                "channels": {name: {**{m: float(per[m][c]) for m in per},
+                                    "fss": {w: float(per_fss[w][c]) for w in per_fss}}
                              for c, name in enumerate(self.channels)},
-                "fss_events": {f"{self.channels[e.channel]} {e.label}": {w: float(fss_ev[w][i]) for w in fss_ev}
-                               for i, e in enumerate(self.events)},
+                "fss_events": {f"{self.channels[e.channel]} {e.label}":
+                               {w: float(fss_ev[w][i]) for w in fss_ev} for i, e in enumerate(self.events)},
                 "groups": self.groups(per),
-                "tiles": {"spectrum": int(self.psd_n.max()), "lpips": int(self.lp_n.max()) if self.perceptual is not None else 0}}
+                "tiles": {"spectrum": int(self.psd_n.max()),
+                          "lpips": int(self.lp_n.max()) if self.perceptual is not None else 0}}
 
     def groups(self, per: dict) -> dict:
         """Mean of the per-channel PSNR, SSIM and gradient ratio over the channels of each quantity
@@ -208,7 +215,8 @@ class EnsembleSums:
             for a in range(0, h, step):
                 x = members[:, :, c, a:a + step]
                 y = target[:, c, a:a + step]
-                v = (mask[:, c if per_channel else 0, a:a + step] > 0) & torch.isfinite(y) & torch.isfinite(x).all(0)
+                v = ((mask[:, c if per_channel else 0, a:a + step] > 0) & torch.isfinite(y)
+                     & torch.isfinite(x).all(0))
                 self._add_pixels(c, x[:, v].double(), y[v].double())
 
     def _add_pixels(self, c: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -231,7 +239,8 @@ class EnsembleSums:
         f = self.to_physical[idx] if physical else np.ones(len(idx))
         tot = lambda s: float((s[idx].numpy() * f).sum())  # noqa: E731
         nan = float("nan")
-        out = {"pixels": int(n), "crps": tot(self.crps) / n if n else nan, "mae": tot(self.ae0) / n if n else nan}
+        out = {"pixels": int(n), "crps": tot(self.crps) / n if n else nan,
+               "mae": tot(self.ae0) / n if n else nan}
         if self.m > 1:
             var = float((self.var[idx].numpy() * f ** 2).sum())
             se = float((self.se_mean[idx].numpy() * f ** 2).sum())
@@ -249,15 +258,18 @@ class EnsembleSums:
         physical units over the channels of each quantity, "channels": per channel (normalised and
         ``*_physical``, plus the rank histogram)}."""
         out = {"members": self.m, "deterministic": self.m == 1,
-               "overall": self._group(list(range(len(self.channels))), False), "by_quantity": {}, "channels": {}}
+               "overall": self._group(list(range(len(self.channels))), False), "by_quantity": {},
+               "channels": {}}
         for q in sorted(set(self.quantities)):
             idx = [c for c, qq in enumerate(self.quantities) if qq == q]
             units = sorted({self.units[c] for c in idx})
-            out["by_quantity"][q] = {"channels": [self.channels[c] for c in idx], "units": units[0] if len(units) == 1 else "",
-                                     **self._group(idx, True)}
+            out["by_quantity"][q] = {"channels": [self.channels[c] for c in idx],
+                                     "units": units[0] if len(units) == 1 else "", **self._group(idx, True)}
         for c, name in enumerate(self.channels):
             norm, phys = self._group([c], False), self._group([c], True)
-            d = {**norm, **{f"{k}_physical": v for k, v in phys.items() if k not in ("pixels", "spread_skill", "outside")},
+            d = {**norm,
+                 **{f"{k}_physical": v for k, v in phys.items()
+                    if k not in ("pixels", "spread_skill", "outside")},
                  "units": self.units[c]}
             if self.m > 1:
                 d["rank_histogram"] = self.hist[c].tolist()

@@ -24,18 +24,31 @@ import xarray as xr
 
 from .. import __version__
 from ..config import dump_yaml
+from ..core.files import sha256
+from ..core.norm import denormalise, normalise
+from ..core.resources import peak_rss_mb
 from ..data.geometry import GeosGrid
 from ..data.scene import channel_attrs, history_line, read_scene, scene_grid, scene_time
 from ..data.sensors import Registry
 from ..errors import CloudSRError, ConfigError, InputError, OutputError, one_line
 from ..models.cascade import Cascade, Stage
 from ..schema import InferConfig
-from ..training.checkpoint import sha256
 from .mpi import Ranks
+from .quicklook import quicklook_views, sr_quicklook
 from .runner import TileRunner, pick_device
 from .tiling import Blend, Tile, blend_geometry, plan_tiles, stitch_rows
-from .writer import (BandSink, OutputClaim, OutputSpec, claim_output, create_output, merge_part, publish,
-                     record_chunk_index, variable_names, verify_chunks)
+from .writer import (
+    BandSink,
+    OutputClaim,
+    OutputSpec,
+    claim_output,
+    create_output,
+    merge_part,
+    publish,
+    record_chunk_index,
+    variable_names,
+    verify_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +91,16 @@ def read_input(files: list[str | Path], registry: Registry, sensor_name: str, ch
     if all(h is not None for h in hits):
         sensors = {h[0].name for h in hits}
         if sensors != {sensor_name}:
-            raise InputError(f"{paths[0]}: {'/'.join(sorted(sensors))} files, but the model takes {sensor_name}")
+            raise InputError(f"{paths[0]}: {'/'.join(sorted(sensors))} files, but the model takes "
+                             f"{sensor_name}")
         ds = read_files(paths, registry.sensor(sensor_name), sorted({h[1] for h in hits}), channels)
     elif len(paths) == 1:
         ds = read_scene(paths[0], channels)
         if ds.attrs.get("sensor") != sensor_name:
-            raise InputError(f"{paths[0]}: scene of sensor '{ds.attrs.get('sensor')}', the model takes {sensor_name}")
+            raise InputError(f"{paths[0]}: scene of sensor '{ds.attrs.get('sensor')}', the model takes "
+                             f"{sensor_name}")
     else:
-        bad = next(p for p, h in zip(paths, hits) if h is None)
+        bad = next(p for p, h in zip(paths, hits, strict=True) if h is None)
         raise InputError(f"{bad}: not a recognised {sensor_name} file name (and several files given)")
     grid = scene_grid(ds)
     if grid is None:
@@ -94,26 +109,6 @@ def read_input(files: list[str | Path], registry: Registry, sensor_name: str, ch
     t = scene_time(ds)
     del ds  # the stacked copy is all that is kept
     return LRScene(values, grid, t, sensor_name, [p.name for p in paths], [sha256(p) for p in paths])
-
-
-def normalise(values: np.ndarray, lo, hi, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Physical (C, H, W) -> ([-1, 1], NaN kept where a channel is invalid; pixel validity (H, W):
-    any channel valid).  NaN carries each channel's own validity to the tiles (a reflectance channel
-    at night is fill while the brightness temperatures beside it are super-resolved);
-    ``out=values`` normalises in place (a full disk is 275 MB per copy)."""
-    valid = np.zeros(values.shape[1:], bool)
-    x = np.empty(values.shape, np.float32) if out is None else out
-    for c, (l, h) in enumerate(zip(lo, hi)):  # channel by channel: no scene-sized temporaries
-        valid |= np.isfinite(values[c])
-        np.subtract(values[c], np.float32(l), out=x[c])
-        x[c] *= np.float32(2.0 / (h - l))
-        x[c] -= np.float32(1.0)
-    return x, valid
-
-
-def denormalise(x: np.ndarray, lo, hi) -> np.ndarray:
-    lo, hi = np.asarray(lo, np.float32)[:, None, None], np.asarray(hi, np.float32)[:, None, None]
-    return ((x + 1.0) * 0.5 * (hi - lo) + lo).astype(np.float32)
 
 
 def output_name(pair: str, stages: str, t: dt.datetime, members: int = 1) -> str:
@@ -145,7 +140,8 @@ def partition_bands(row_weight: np.ndarray, chunk: int, total: int, n: int) -> l
 
     cuts = [0] + [nearest_cut(cum[-1] * r / n) for r in range(1, n)] + [len(row_weight)]
     cuts = np.maximum.accumulate(cuts)
-    return [(min(int(a) * chunk, total), min(int(b) * chunk, total)) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(min(int(a) * chunk, total), min(int(b) * chunk, total))
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def band_tiles(tiles: list[Tile], scale: int, a: int, b: int) -> list[Tile]:
@@ -166,17 +162,6 @@ class SceneResult:
     record: dict = field(default_factory=dict)  # {"size", "sha256"} of the published file (rank 0)
 
 
-def peak_rss_mb() -> int:
-    """This process's peak resident memory in MB: VmHWM of its own address space.  (``ru_maxrss``
-    survives exec, so a child started from a large parent reports the parent's size at fork.)"""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
-
-
 class ScenePipeline:
     """Super-resolves scenes with one cascade over the given ranks (see the module docstring)."""
 
@@ -192,12 +177,14 @@ class ScenePipeline:
         self.cascade = cascade or load_cascade(cfg, self.device)
         self.scale = self.cascade.scale
         if cfg.chunk % self.scale:
-            raise ConfigError(f"infer.chunk: {cfg.chunk} must be a multiple of the model's scale {self.scale}")
+            raise ConfigError(f"infer.chunk: {cfg.chunk} must be a multiple of the model's scale "
+                              f"{self.scale}")
         if self.cascade.lr_channels != self.pair.lr_channels:
             raise InputError(f"{checkpoints_for(cfg)[0]}: model channels {self.cascade.lr_channels} "
                              f"differ from pair {self.pair.name}'s {self.pair.lr_channels}")
         if self.cascade.scale != self.pair.scale:
-            raise InputError(f"{checkpoints_for(cfg)[0]}: model scale x{self.scale}, pair {self.pair.name} is x{self.pair.scale}")
+            raise InputError(f"{checkpoints_for(cfg)[0]}: model scale x{self.scale}, pair {self.pair.name} "
+                             f"is x{self.pair.scale}")
         if cfg.members > 1 and not self.cascade.stochastic:
             raise ConfigError(f"infer.members: {cfg.members} members of a deterministic model ({cfg.stages}) "
                               "would all be equal; use 1")
@@ -229,11 +216,14 @@ class ScenePipeline:
         hr_sensor = self.reg.sensor(self.pair.hr)
         chans = self.cascade.hr_channels
         lo, hi = self.cascade.output_norm()
-        pad = [(h - l) * 0.25 for l, h in zip(lo, hi)]  # room for values beyond the training range
+        # room for values beyond the training range
+        pad = [(b - a) * 0.25 for a, b in zip(lo, hi, strict=True)]
         attrs = {
-            "Conventions": "CF-1.10", "title": f"{self.pair.lr} -> {self.pair.hr} super-resolution (cloudsr-hpc)",
+            "Conventions": "CF-1.10",
+            "title": f"{self.pair.lr} -> {self.pair.hr} super-resolution (cloudsr-hpc)",
             "institution": "cloudsr-hpc", "source": f"cloudsr-hpc {__version__} {self.cascade.describe()}",
-            "history": history_line(f"super-resolved {';'.join(scene.files)} x{self.scale} ({self.cfg.stages})"),
+            "history": history_line(f"super-resolved {';'.join(scene.files)} x{self.scale} "
+                                    f"({self.cfg.stages})"),
             "sensor": self.pair.hr, "source_sensor": scene.sensor, "platform": "",
             "start_time": scene.time.isoformat(), "source_files": ";".join(scene.files),
             "source_sha256": ";".join(scene.sha256), "scale": self.scale, "stages": self.cfg.stages,
@@ -243,9 +233,9 @@ class ScenePipeline:
             "ensemble_members": self.cfg.members, "ensemble_keep_members": int(self.cfg.keep_members),
             "date_created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             **{k: v for k, v in scene.grid.scaled(self.scale).to_attrs().items()}, **extra}
-        return OutputSpec(chans, {c: channel_attrs(hr_sensor, c) for c in chans}, scene.grid.scaled(self.scale),
-                          self.cfg.chunk, self.cfg.packing, self.cfg.complevel,
-                          {c: (l - p, h + p) for c, l, h, p in zip(chans, lo, hi, pad)}, attrs,
+        return OutputSpec(chans, {c: channel_attrs(hr_sensor, c) for c in chans},
+                          scene.grid.scaled(self.scale), self.cfg.chunk, self.cfg.packing, self.cfg.complevel,
+                          {c: (a - p, b + p) for c, a, b, p in zip(chans, lo, hi, pad, strict=True)}, attrs,
                           self.cfg.members, self.cfg.keep_members)
 
     # -- one scene
@@ -266,7 +256,6 @@ class ScenePipeline:
         lr = valid = views = None
         if r.rank == 0:
             if self.cfg.quicklook:
-                from ..evaluation.plots import quicklook_views
                 views = quicklook_views(scene.values)  # small: taken before normalising in place
             lr, valid = normalise(scene.values, *self.cascade.input_norm(), out=scene.values)
         scene = LRScene(None, **meta)
@@ -281,7 +270,8 @@ class ScenePipeline:
         lr, row_offset = self._scatter_rows(lr, [band_tiles(tiles, s, *band) for band in bands])
         t_read = time.perf_counter() - t0
         final = self.output_path(slot or scene.time)
-        spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr, "overlap_lr": self.cfg.overlap_lr,
+        spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr,
+                                 "overlap_lr": self.cfg.overlap_lr,
                                  "halo_hr": self.blend.halo, "ramp_hr": self.blend.ramp,
                                  "tiling_exact": int(self.blend.exact), "seed": self.cfg.seed})
 
@@ -343,7 +333,6 @@ class ScenePipeline:
         raise kind(err)
 
     def _draw_quicklook(self, views: dict, nc: Path, final: Path) -> Path | None:
-        from ..evaluation.plots import sr_quicklook
         png = final.with_suffix(".png")
         try:
             return sr_quicklook(views, self.pair.lr_channels, nc, png, title=final.name)
@@ -353,7 +342,6 @@ class ScenePipeline:
 
     def quicklook(self, files: list[str | Path], final: Path) -> Path | None:
         """Draw the quicklook of a finished output from its input (a run died before drawing it)."""
-        from ..evaluation.plots import quicklook_views
         scene = read_input(files, self.reg, self.pair.lr, self.pair.lr_channels)
         return self._draw_quicklook(quicklook_views(scene.values), final, final)
 
@@ -371,7 +359,8 @@ class ScenePipeline:
         """Rank 0 (which read the scene) sends every rank the LR rows its tiles need; returns this
         rank's rows and the scene row they start at.  No rank but 0 ever holds the whole scene."""
         r = self.ranks
-        spans = [(min(t.row0 for t in ts), max(t.row0 + t.rows for t in ts)) if ts else (0, 0) for ts in per_rank]
+        spans = [(min(t.row0 for t in ts), max(t.row0 + t.rows for t in ts)) if ts else (0, 0)
+                 for ts in per_rank]
         if r.size == 1:
             return lr, 0
         if r.rank == 0:
@@ -381,8 +370,8 @@ class ScenePipeline:
             return np.ascontiguousarray(lr[:, lo:hi]), lo
         return r.recv_array(0), spans[r.rank][0]
 
-    def _compute_band(self, lr, row_offset: int, valid, origin: tuple[int, int], tiles: list[Tile], spec: OutputSpec, target: Path,
-                      a: int, b: int, part: bool) -> None:
+    def _compute_band(self, lr, row_offset: int, valid, origin: tuple[int, int], tiles: list[Tile],
+                      spec: OutputSpec, target: Path, a: int, b: int, part: bool) -> None:
         lo, hi = self.cascade.output_norm()
         tile_rows = max((t.rows for t in tiles), default=0)
         sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads)
@@ -414,7 +403,8 @@ def _message(e: Exception, where, what: str = "") -> str:
 
 def scenes_for_dates(archive: str | Path, registry: Registry, pair_name: str, start: dt.datetime,
                      end: dt.datetime | None = None):
-    """The LR files of the scene nearest ``start`` (within half a repeat cycle), or of every scene in [start, end]."""
+    """The LR files of the scene nearest ``start`` (within half a repeat cycle), or of every scene in
+    [start, end]."""
     from ..data.index import ArchiveIndex
     pair = registry.pair(pair_name)
     idx = ArchiveIndex(archive, registry)
@@ -448,7 +438,8 @@ def verify_output(path: str | Path, channels: list[str] | None = None, full: boo
     if record:
         size = path.stat().st_size
         if size != record["size"]:
-            raise InputError(f"{path}: {size} bytes, {record['size']} when it was written (truncated or replaced)")
+            raise InputError(f"{path}: {size} bytes, {record['size']} when it was written "
+                             "(truncated or replaced)")
         if full and sha256(path) != record["sha256"]:
             raise InputError(f"{path}: sha256 differs from the one recorded when it was written "
                              f"(corrupt or replaced)")
@@ -466,7 +457,8 @@ def verify_output(path: str | Path, channels: list[str] | None = None, full: boo
         raise InputError(f"{path}: {shape[0]}x{shape[1]} pixels, its grid attributes say "
                          f"{attrs.get('grid_nrows')}x{attrs.get('grid_ncols')}")
     if channels:
-        want = variable_names(channels, int(attrs.get("ensemble_members", 1)), bool(attrs.get("ensemble_keep_members", 0)))
+        want = variable_names(channels, int(attrs.get("ensemble_members", 1)),
+                              bool(attrs.get("ensemble_keep_members", 0)))
         if sorted(have) != sorted(want):
             raise InputError(f"{path}: variables {have}, expected {want}")
     return attrs
@@ -474,5 +466,6 @@ def verify_output(path: str | Path, channels: list[str] | None = None, full: boo
 
 def json_summary(res: SceneResult) -> str:
     return json.dumps({"output": str(res.path), "tiles": res.tiles, "ranks": res.ranks,
-                       "seconds": {k: round(v, 2) for k, v in res.seconds.items()}, "peak_rss_mb": res.peak_rss_mb,
+                       "seconds": {k: round(v, 2) for k, v in res.seconds.items()},
+                       "peak_rss_mb": res.peak_rss_mb,
                        "compute_s_per_rank": res.compute_s, "tiles_per_rank": res.rank_tiles, **res.record})

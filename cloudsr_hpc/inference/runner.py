@@ -18,8 +18,8 @@ Memory grows with N only for the kept members, by the tile batch, never by the s
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -83,11 +83,13 @@ class TileRunner:
                     nxt = pool.submit(self._host_batch, lr, batches[k + 1], row_offset)
                 origins = [(r0 + t.row0 * s, c0 + t.col0 * s) for t in batch]
                 origins += [origins[-1]] * (self.batch_size - len(batch))
-                pred, hr_mask = self._forward(x, m, origins) if self.members == 1 else self._ensemble(x, m, origins)
+                pred, hr_mask = (self._forward(x, m, origins) if self.members == 1
+                                 else self._ensemble(x, m, origins))
                 for i, t in enumerate(batch):
                     yield t, pred[i], hr_mask[i, 0] > 0
 
-    def _forward(self, x: torch.Tensor, m: torch.Tensor, origins, member: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, x: torch.Tensor, m: torch.Tensor, origins,
+                 member: int = 0) -> tuple[np.ndarray, np.ndarray]:
         x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             pred, hr_mask = self.cascade(x, m, origins, member=member)

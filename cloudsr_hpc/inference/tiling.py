@@ -11,8 +11,8 @@ pixels carry zero weight, so one NaN never spreads beyond itself.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -73,10 +73,12 @@ def _profile(n: int, halo: int, ramp: int, start_interior: bool, end_interior: b
     return p
 
 
-def blend_window(rows: int, cols: int, halo: int, ramp: int, interior: tuple[bool, bool, bool, bool]) -> np.ndarray:
+def blend_window(rows: int, cols: int, halo: int, ramp: int,
+                 interior: tuple[bool, bool, bool, bool]) -> np.ndarray:
     """(rows, cols) weights; ``interior`` = (top, bottom, left, right) edges that face another tile."""
     top, bottom, left, right = interior
-    return np.outer(_profile(rows, halo, ramp, top, bottom), _profile(cols, halo, ramp, left, right)).astype(np.float32)
+    return np.outer(_profile(rows, halo, ramp, top, bottom),
+                    _profile(cols, halo, ramp, left, right)).astype(np.float32)
 
 
 class Accumulator:
@@ -90,7 +92,8 @@ class Accumulator:
         self.row0 = row0
 
     def add(self, pred: np.ndarray, valid: np.ndarray, window: np.ndarray, row0: int, col0: int) -> None:
-        """Add a (C, h, w) prediction at global (row0, col0); ``valid`` (h, w) zeroes invalid pixels' weight."""
+        """Add a (C, h, w) prediction at global (row0, col0); ``valid`` (h, w) zeroes invalid pixels'
+        weight."""
         _, h, w = pred.shape
         a, b = max(row0, self.row0), min(row0 + h, self.row0 + self.weight.shape[0])
         if a >= b:
@@ -128,7 +131,8 @@ def interior_edges(t: Tile, scene_rows: int, scene_cols: int) -> tuple[bool, boo
 
 
 def stitch_rows(results: Iterable[tuple[Tile, np.ndarray, np.ndarray]], scene_lr: tuple[int, int], scale: int,
-                blend: Blend, channels: int, a: int, b: int, chunk: int, tile_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+                blend: Blend, channels: int, a: int, b: int, chunk: int,
+                tile_rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """Blend a stream of tile predictions (tiles in row order) into HR rows [a, b) and yield them
     as (first row, (C, n, W) block) of ``chunk`` rows as soon as no later tile can touch them: a
     rolling window one tile (``tile_rows`` LR rows, the plan's tallest) plus one chunk high is

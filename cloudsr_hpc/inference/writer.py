@@ -81,7 +81,8 @@ class OutputSpec:
     def planes(self) -> list[tuple[str, int | None]]:
         """(variable, member index or None) of each (rows, W) plane of a band block, in block order:
         the channels (ensemble means), their standard deviations, then member by member."""
-        out: list[tuple[str, int | None]] = [(v, None) for v in self.variables if not v.endswith(MEMBERS_SUFFIX)]
+        out: list[tuple[str, int | None]] = [(v, None) for v in self.variables
+                                             if not v.endswith(MEMBERS_SUFFIX)]
         if self.members > 1 and self.keep_members:
             out += [(c + MEMBERS_SUFFIX, m) for m in range(self.members) for c in self.channels]
         return out
@@ -442,12 +443,14 @@ CHUNK_DIGEST = "chunk_index_sha256"  # global attribute: which chunks were store
 
 
 def _chunk_index(f: h5py.File) -> dict[str, list]:
-    """{variable: [StoreInfo(chunk_offset, filter_mask, byte_offset, size), ...]} of every chunked variable."""
+    """{variable: [StoreInfo(chunk_offset, filter_mask, byte_offset, size), ...]} of every chunked
+    variable."""
     index = {}
     for name, d in f.items():
         if isinstance(d, h5py.Dataset) and d.chunks is not None:
             infos: list = []
-            if hasattr(d.id, "chunk_iter"):  # one pass over the index (get_chunk_info(i) searches it each time)
+            # one pass over the index (get_chunk_info(i) searches it each time)
+            if hasattr(d.id, "chunk_iter"):
                 d.id.chunk_iter(infos.append)
             else:
                 infos = [d.id.get_chunk_info(i) for i in range(d.id.get_num_chunks())]
@@ -510,9 +513,11 @@ def _check_chunks(path: Path, name: str, d, infos: list, size: int, full: bool) 
             raise InputError(f"{path}: truncated ({where} ends at byte {info.byte_offset + info.size}, "
                              f"the file has {size})")
         if info.filter_mask:  # HDF5 would hand out the stored bytes undecoded, unchecked
-            raise InputError(f"{path}: {where} is marked to skip filters (mask {info.filter_mask}): damaged index")
+            raise InputError(f"{path}: {where} is marked to skip filters (mask {info.filter_mask}): "
+                             "damaged index")
         if full:
-            box = tuple(slice(o, min(o + c, s)) for o, c, s in zip(info.chunk_offset, d.chunks, d.shape))
+            box = tuple(slice(o, min(o + c, s))
+                        for o, c, s in zip(info.chunk_offset, d.chunks, d.shape, strict=True))
             try:  # found by lookup too (a damaged search key makes readers see fill), then decoded
                 d.id.read_direct_chunk(tuple(info.chunk_offset))
                 d[box]

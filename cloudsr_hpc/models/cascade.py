@@ -1,6 +1,6 @@
 """Exported stages and their cascade: LR -> Stage 1 (cross-sensor) -> Stage 2 (structure) -> HR.
 
-Each stage is an exported checkpoint (:mod:`cloudsr_hpc.training.checkpoint`).  A diffusion stage
+Each stage is an exported checkpoint (:mod:`cloudsr_hpc.models.export`).  A diffusion stage
 samples with :class:`ResShift` from its condition; the regression baseline is one forward pass.
 Noise comes from :class:`GlobalNoise` keyed by global HR pixel position, with a distinct seed per
 stage, so tiles and ranks reproduce the same sample.
@@ -17,10 +17,12 @@ from ..config import build
 from ..errors import InputError
 from ..schema import DiffusionConfig, ModelConfig
 from .diffusion import GlobalNoise, ResShift
+from .export import load_model
 from .network import ConditionalUNet
 
 
-def upsample_condition(lr: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+def upsample_condition(lr: torch.Tensor, lr_mask: torch.Tensor,
+                       scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     """LR (N, C, h, w) + per-channel validity -> (bicubic y on the HR grid, nearest-upsampled pixel
     validity (N, 1, H, W)).  A pixel is valid where any channel is: a reflectance channel without
     signal (night) must not take the brightness temperatures of the same pixel down with it."""
@@ -55,7 +57,8 @@ def _check_meta(path: str | Path, meta) -> None:
         raise InputError(f"{path}: export metadata is a {type(meta).__name__}, expected a mapping")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
-        raise InputError(f"{path}: export metadata lacks {', '.join(missing)} (not a complete cloudsr-hpc export)")
+        raise InputError(f"{path}: export metadata lacks {', '.join(missing)} (not a complete "
+                         "cloudsr-hpc export)")
 
 
 def _stage_name(stage) -> str:
@@ -70,10 +73,9 @@ class Stage:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", expect: int | str | None = None,
-             key: str = "") -> "Stage":
+             key: str = "") -> Stage:
         """An exported stage; ``expect`` (1, 2 or "regression") refuses an export of another stage
         (a Stage 2 given as Stage 1 samples from the wrong condition without any other sign)."""
-        from ..training.checkpoint import load_model
         state, meta = load_model(path)
         _check_meta(path, meta)
         if expect is not None and meta["stage"] != expect:
@@ -89,7 +91,8 @@ class Stage:
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise InputError(f"{path}: weights do not match the config stored with them ({str(e).splitlines()[0]})") from None
+            raise InputError(f"{path}: weights do not match the config stored with them "
+                             f"({str(e).splitlines()[0]})") from None
         diffusion = None if meta.get("stage") == "regression" else ResShift.from_config(dcfg)
         return cls(model.to(device).eval(), diffusion, meta)
 
@@ -127,7 +130,8 @@ class Cascade:
         """HR pixels an input change can travel: bicubic (2 LR px) plus, per stage, one network
         margin per sampling step (each step feeds the previous prediction back in)."""
         steps = [1 if st.diffusion is None else st.diffusion.steps for st in self.stages]
-        return 2 * self.scale + sum(n * st.model.receptive_margin() for n, st in zip(steps, self.stages))
+        return 2 * self.scale + sum(n * st.model.receptive_margin()
+                                    for n, st in zip(steps, self.stages, strict=True))
 
     @property
     def stochastic(self) -> bool:
@@ -135,7 +139,8 @@ class Cascade:
         return any(st.diffusion is not None for st in self.stages)
 
     def describe(self) -> str:
-        return " -> ".join(f"stage {st.meta.get('stage')}" + ("" if st.diffusion is None else f" (T={st.diffusion.steps})")
+        return " -> ".join(f"stage {st.meta.get('stage')}"
+                           + ("" if st.diffusion is None else f" (T={st.diffusion.steps})")
                            for st in self.stages)
 
     @torch.no_grad()
@@ -146,5 +151,6 @@ class Cascade:
         of each tile's top-left pixel; ``member`` picks the ensemble member's noise (0: the single sample)."""
         y, m = upsample_condition(lr, lr_mask, self.scale)
         for i, stage in enumerate(self.stages):
-            y = predict_x0(stage.model, stage.diffusion, y, m, GlobalNoise(self.seed * 16 + i, member), origins)
+            y = predict_x0(stage.model, stage.diffusion, y, m, GlobalNoise(self.seed * 16 + i, member),
+                           origins)
         return channel_fill(y, lr_mask, self.scale), m

@@ -17,15 +17,16 @@ of one scene draw identical noise where they overlap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, y, t) -> x0
 
 
-def eta_schedule(steps: int, eta_min: float = 0.04 ** 2, eta_max: float = 0.99, power: float = 0.3) -> torch.Tensor:
+def eta_schedule(steps: int, eta_min: float = 0.04 ** 2, eta_max: float = 0.99,
+                 power: float = 0.3) -> torch.Tensor:
     """eta_1..eta_T (float64): sqrt(eta) geometric between sqrt(eta_min) and sqrt(eta_max)."""
     if steps == 1:
         return torch.tensor([eta_max], dtype=torch.float64)
@@ -43,7 +44,7 @@ class ResShift:
     power: float = 0.3
 
     @classmethod
-    def from_config(cls, cfg) -> "ResShift":
+    def from_config(cls, cfg) -> ResShift:
         """From a :class:`cloudsr_hpc.schema.DiffusionConfig`."""
         return cls(cfg.steps, cfg.kappa, cfg.eta_min, cfg.eta_max, cfg.power)
 
@@ -55,12 +56,14 @@ class ResShift:
         """Schedule value for 1-based step indices ``t`` (N,), broadcast to ``like``."""
         return v.to(like.device)[t - 1].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
-    def q_sample(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def q_sample(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                 noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x0, y)."""
         eta = self._at(self.eta, t, x0)
         return x0 + eta * (y - x0) + self.kappa * eta.sqrt() * noise
 
-    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor,
+                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x0)."""
         eta, prev = self._at(self.eta, t, x_t), self._at(self.eta_prev, t, x_t)
         alpha = eta - prev

@@ -43,7 +43,8 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x):
         # torch's fused layer_norm over the last dim, on a channels-last view
-        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
 
 
 def _norm(ch: int) -> nn.Module:
@@ -103,7 +104,8 @@ class ConditionalUNet(nn.Module):
             self.down.append(blocks)
             self.down_attn.append(Attention(cur) if lvl in cfg.attention_levels else nn.Identity())
             widths.append(cur)
-            self.pool.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1) if lvl < self.levels - 1 else nn.Identity())
+            self.pool.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1) if lvl < self.levels - 1
+                             else nn.Identity())
         self.mid1, self.mid2 = ResBlock(cur, cur, temb, cfg.dropout), ResBlock(cur, cur, temb, cfg.dropout)
         self.up, self.up_attn = nn.ModuleList(), nn.ModuleList()
         for lvl in reversed(range(self.levels)):
@@ -129,14 +131,17 @@ class ConditionalUNet(nn.Module):
         probe = max(probe, 4 * self.multiple)
         dev = next(self.parameters()).device
         g = torch.Generator().manual_seed(0)
-        x, y = (torch.randn(1, self.channels, probe, probe, generator=g).to(dev).requires_grad_() for _ in range(2))
+        x, y = (torch.randn(1, self.channels, probe, probe, generator=g).to(dev).requires_grad_()
+                for _ in range(2))
         with torch.enable_grad():
-            out = self(x, y, torch.ones(1, dtype=torch.long, device=dev), torch.ones(1, 1, probe, probe, device=dev))
+            out = self(x, y, torch.ones(1, dtype=torch.long, device=dev),
+                       torch.ones(1, 1, probe, probe, device=dev))
             out[0, :, probe // 2, probe // 2].sum().backward()
         support = ((x.grad.abs() + y.grad.abs()).sum(dim=(0, 1)) > 0).nonzero()
         return int((support - probe // 2).abs().max())
 
-    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
         """x_t, y: (N, C, H, W); t: (N,) step indices; mask: (N, 1, H, W) in {0, 1}."""
         x_t, y = x_t * mask, y * mask
         temb = self.temb(timestep_embedding(t, self.base))

@@ -66,7 +66,8 @@ class CampaignSpec:
 def check_name(name: str) -> str:
     """A campaign name: 1-64 of ``A-Za-z0-9._-``, not ``.`` or ``..`` (shown with repr: one line)."""
     if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
-        raise InputError(f"campaign name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - (not '.' or '..')")
+        raise InputError(f"campaign name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - "
+                         "(not '.' or '..')")
     return name
 
 
@@ -136,7 +137,8 @@ def open_ledger(cdir: Path) -> Ledger:
     except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
         raise InputError(f"{path}: ledger unreadable ({one_line(e)}); {hint}") from None
     if check != "ok" or not {"scenes", "attempts", "jobs"} <= tables or not scenes:
-        why = f"integrity check: {one_line(check)[:200]}" if check != "ok" else "its tables or scenes are gone"
+        why = (f"integrity check: {one_line(check)[:200]}" if check != "ok"
+               else "its tables or scenes are gone")
         raise InputError(f"{path}: ledger corrupt ({why}); {hint}")
     return Ledger(path)
 
@@ -289,10 +291,12 @@ def is_alive(owner: str | None) -> bool:
         return _not_zombie(int(pid))
     if kind == "slurm":
         try:
-            p = subprocess.run(["squeue", "-h", "-j", rest, "-o", "%T"], capture_output=True, text=True, timeout=30)
+            p = subprocess.run(["squeue", "-h", "-j", rest, "-o", "%T"], capture_output=True, text=True,
+                               timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             return True
-        return p.returncode == 0 and p.stdout.strip() not in ("", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT")
+        return (p.returncode == 0
+                and p.stdout.strip() not in ("", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT"))
     return True
 
 
@@ -368,7 +372,8 @@ def work(cdir: str | Path, owner: str | None = None, limit: int | None = None) -
                 counts["done"] += 1
                 log.info("%s %s: done in %.1f s", owner, sc.slot, time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - record any failure; the other scenes go on
-                msg = one_line(str(e) if isinstance(e, CloudSRError) else f"{e.__class__.__name__}: {e}")[:500]
+                msg = one_line(str(e) if isinstance(e, CloudSRError)
+                               else f"{e.__class__.__name__}: {e}")[:500]
                 state = ledger.fail(sc.slot, owner, msg, spec.max_attempts)
                 counts["failed"] += 1
                 log.error("%s %s: %s (%s)", owner, sc.slot, msg, state)
@@ -390,7 +395,8 @@ def status(cdir: Path) -> dict:
         running = [(s.slot, s.owner) for s in scenes if s.state == "running"]
         workers = max(1, len({o for _, o in running}))
         eta = None if not mean_s else todo * mean_s / workers
-        return {"name": cdir.name, "counts": counts, "total": len(scenes), "scenes_per_hour": round(per_hour, 1),
+        return {"name": cdir.name, "counts": counts, "total": len(scenes),
+                "scenes_per_hour": round(per_hour, 1),
                 "mean_s_per_scene": None if mean_s is None else round(mean_s, 1),
                 "eta_s": None if eta is None else round(eta), "running": running,
                 "failures": [(s.slot, s.state, s.attempts, s.error) for s in scenes
@@ -403,7 +409,8 @@ def status(cdir: Path) -> dict:
 def format_status(st: dict) -> str:
     c = st["counts"]
     lines = [f"campaign {st['name']}: {st['total']} scenes",
-             "  " + "  ".join(f"{k} {c[k]}" for k in ("done", "running", "pending", "failed", "quarantined", "missing")),
+             "  " + "  ".join(f"{k} {c[k]}"
+                              for k in ("done", "running", "pending", "failed", "quarantined", "missing")),
              f"  throughput {st['scenes_per_hour']} scenes/h, mean {st['mean_s_per_scene']} s/scene, "
              f"ETA {'-' if st['eta_s'] is None else str(dt.timedelta(seconds=st['eta_s']))}"]
     if st["jobs"]:

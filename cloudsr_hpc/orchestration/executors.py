@@ -54,7 +54,8 @@ def load_profile(name: str | None) -> ClusterProfile:
             config_path(p)
         except ConfigError:
             known = sorted(f.stem for f in (PROJECT_ROOT / "configs" / "cluster").glob("*.yaml"))
-            raise ConfigError(f"--cluster {name}: unknown cluster profile (known: {', '.join(known)})") from None
+            raise ConfigError(f"--cluster {name}: unknown cluster profile "
+                              f"(known: {', '.join(known)})") from None
     return load(ClusterProfile, p, [])
 
 
@@ -65,13 +66,15 @@ def sbatch_args(job: JobDef, profile: ClusterProfile, *, ntasks: int | None = No
     r = job.resources
     gpus = gpus_per_node if gpus_per_node is not None else (profile.gpus_per_node or r.gpus_per_node)
     minutes = time_minutes or profile.time_minutes or r.time_minutes
-    args = ["--parsable", f"--nodes={nodes or r.nodes}", f"--cpus-per-task={profile.cpus_per_task or r.cpus_per_task}",
+    args = ["--parsable", f"--nodes={nodes or r.nodes}",
+            f"--cpus-per-task={profile.cpus_per_task or r.cpus_per_task}",
             f"--time={minutes // 60:02d}:{minutes % 60:02d}:00"]
     if ntasks:
         args.append(f"--ntasks-per-node={-(-ntasks // (nodes or r.nodes))}")
     else:
         args.append(f"--ntasks-per-node={gpus or r.ntasks_per_node}")
-    for flag, value in (("--partition", profile.partition), ("--account", profile.account), ("--qos", profile.qos),
+    for flag, value in (("--partition", profile.partition), ("--account", profile.account),
+                        ("--qos", profile.qos),
                         ("--job-name", name), ("--output", log_file), ("--array", array)):
         if value:
             args.append(f"{flag}={value}")
@@ -138,7 +141,8 @@ def campaign_executor(cdir: Path, kind: str, job: JobDef, profile: ClusterProfil
         if after:
             extra["dependency"] = f"afterok:{after}"
         params.update(slurm_partition=profile.partition or None, slurm_additional_parameters=extra,
-                      slurm_array_parallelism=min(workers, profile.array_parallelism or job.array_parallelism or workers),
+                      slurm_array_parallelism=min(workers, profile.array_parallelism or job.array_parallelism
+                                                  or workers),
                       slurm_setup=list(profile.setup), slurm_signal_delay_s=90)
         if profile.gpus_per_node:
             params["gpus_per_node"] = 1  # one GPU per worker
@@ -178,7 +182,8 @@ def submit_campaign(cdir: Path, kind: str, profile: ClusterProfile, workers: int
         for k, v in sorted(ex._executor.parameters.items()):
             print(f"#   {k} = {v}")
         if kind == "slurm":
-            print(f"# Submitit adds: --array=0-{workers - 1}%{ex._executor.parameters.get('array_parallelism', workers)}")
+            print("# Submitit adds: "
+                  f"--array=0-{workers - 1}%{ex._executor.parameters.get('array_parallelism', workers)}")
             print(ex._executor._make_submission_file_text(ex._executor._submitit_command_str, "UID"))
         return []
     with _stdio_to_devnull(kind == "local"):

@@ -96,14 +96,16 @@ class Ledger:
         """(slot, files, output) rows; slots already present are kept as they are."""
         with self.transaction() as db:
             n0 = db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0]
-            db.executemany("INSERT OR IGNORE INTO scenes(slot, files, output, state, error) VALUES (?, ?, ?, ?, ?)",
+            db.executemany("INSERT OR IGNORE INTO scenes(slot, files, output, state, error) VALUES "
+                           "(?, ?, ?, ?, ?)",
                            [(s, ";".join(f), o, "pending" if f else "missing",
-                             None if f else "no input file in the archive within the tolerance") for s, f, o in rows])
+                             None if f else "no input file in the archive within the tolerance")
+                            for s, f, o in rows])
             return db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0] - n0
 
     def scenes(self) -> list[Scene]:
-        rows = self.db.execute("SELECT slot, files, output, state, attempts, owner, error, seconds FROM scenes "
-                               "ORDER BY slot").fetchall()
+        rows = self.db.execute("SELECT slot, files, output, state, attempts, owner, error, seconds FROM "
+                               "scenes ORDER BY slot").fetchall()
         return [Scene(r[0], [f for f in r[1].split(";") if f], *r[2:]) for r in rows]
 
     def counts(self) -> dict[str, int]:
@@ -114,11 +116,13 @@ class Ledger:
     def claim(self, owner: str, max_attempts: int) -> Scene | None:
         """Atomically take the next pending (or failed, below ``max_attempts``) scene."""
         with self.transaction() as db:
-            row = db.execute("SELECT slot FROM scenes WHERE state = 'pending' OR (state = 'failed' AND attempts < ?) "
-                             "ORDER BY state = 'failed', slot LIMIT 1", (max_attempts,)).fetchone()
+            row = db.execute("SELECT slot FROM scenes WHERE state = 'pending' OR (state = 'failed' AND "
+                             "attempts < ?) ORDER BY state = 'failed', slot LIMIT 1",
+                             (max_attempts,)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE scenes SET state = 'running', attempts = attempts + 1, owner = ? WHERE slot = ?",
+            db.execute("UPDATE scenes SET state = 'running', attempts = attempts + 1, owner = ? "
+                       "WHERE slot = ?",
                        (owner, row[0]))
             db.execute("INSERT INTO attempts(slot, owner, started, state) VALUES (?, ?, ?, 'running')",
                        (row[0], owner, time.time()))
@@ -126,7 +130,8 @@ class Ledger:
 
     def finish(self, slot: str, owner: str, seconds: float) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE scenes SET state = 'done', owner = NULL, error = NULL, seconds = ? WHERE slot = ?",
+            db.execute("UPDATE scenes SET state = 'done', owner = NULL, error = NULL, seconds = ? "
+                       "WHERE slot = ?",
                        (seconds, slot))
             self._close_attempt(db, slot, owner, "done", None)
 
@@ -135,21 +140,24 @@ class Ledger:
         with self.transaction() as db:
             attempts = db.execute("SELECT attempts FROM scenes WHERE slot = ?", (slot,)).fetchone()[0]
             state = "quarantined" if attempts >= max_attempts else "failed"
-            db.execute("UPDATE scenes SET state = ?, owner = NULL, error = ? WHERE slot = ?", (state, error, slot))
+            db.execute("UPDATE scenes SET state = ?, owner = NULL, error = ? WHERE slot = ?",
+                       (state, error, slot))
             self._close_attempt(db, slot, owner, "failed", error)
         return state
 
     @staticmethod
     def _close_attempt(db, slot, owner, state, error):
-        db.execute("UPDATE attempts SET ended = ?, state = ?, error = ? WHERE id = (SELECT MAX(id) FROM attempts "
-                   "WHERE slot = ? AND owner = ? AND state = 'running')", (time.time(), state, error, slot, owner))
+        db.execute("UPDATE attempts SET ended = ?, state = ?, error = ? WHERE id = (SELECT MAX(id) FROM "
+                   "attempts WHERE slot = ? AND owner = ? AND state = 'running')",
+                   (time.time(), state, error, slot, owner))
 
     def release_lost(self, is_alive) -> list[str]:
         """Claims whose owner is gone (killed worker, cancelled task) go back to pending; their
         attempt is recorded as ``lost``.  ``is_alive(owner) -> bool``."""
         lost = []
         with self.transaction() as db:
-            for slot, owner in db.execute("SELECT slot, owner FROM scenes WHERE state = 'running'").fetchall():
+            running = db.execute("SELECT slot, owner FROM scenes WHERE state = 'running'").fetchall()
+            for slot, owner in running:
                 if not is_alive(owner):
                     db.execute("UPDATE scenes SET state = 'pending', owner = NULL, error = ? WHERE slot = ?",
                                (f"worker {owner} lost", slot))
@@ -171,7 +179,8 @@ class Ledger:
 
     def mark(self, slot: str, state: str, error: str | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE scenes SET state = ?, error = ?, owner = NULL WHERE slot = ?", (state, error, slot))
+            db.execute("UPDATE scenes SET state = ?, error = ?, owner = NULL WHERE slot = ?",
+                       (state, error, slot))
 
     def attempts(self, slot: str | None = None) -> list[tuple]:
         q = "SELECT slot, owner, started, ended, state, error FROM attempts"

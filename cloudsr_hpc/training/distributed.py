@@ -27,7 +27,8 @@ class DistInfo:
 
 
 def _export_slurm_env() -> None:
-    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 1:
+    if ("RANK" in os.environ or "SLURM_PROCID" not in os.environ
+            or int(os.environ.get("SLURM_NTASKS", "1")) < 1):
         return
     from submitit.helpers import TorchDistributedEnvironment
     os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # submitit detects its environment by this name

@@ -19,7 +19,8 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     total, count = pred.new_zeros(()), pred.new_zeros(())
     for dim in (-1, -2):
         dp, dt = pred.diff(dim=dim), target.diff(dim=dim)
-        m = (mask.narrow(dim, 1, mask.shape[dim] - 1) * mask.narrow(dim, 0, mask.shape[dim] - 1)).expand_as(dp)
+        m = (mask.narrow(dim, 1, mask.shape[dim] - 1)
+             * mask.narrow(dim, 0, mask.shape[dim] - 1)).expand_as(dp)
         total = total + ((dp - dt).abs() * m).sum()
         count = count + m.sum()
     return total / count.clamp_min(1.0)
@@ -32,11 +33,13 @@ def spectral_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return (torch.log1p(fp) - torch.log1p(ft)).abs().mean()
 
 
-def total_loss(pred, target, mask, grad_weight: float = 0.0, spectral_weight: float = 0.0) -> dict[str, torch.Tensor]:
+def total_loss(pred, target, mask, grad_weight: float = 0.0,
+               spectral_weight: float = 0.0) -> dict[str, torch.Tensor]:
     parts = {"mse": masked_mse(pred, target, mask)}
     if grad_weight:
         parts["grad"] = gradient_loss(pred, target, mask)
     if spectral_weight:
         parts["spectral"] = spectral_loss(pred, target, mask)
-    parts["loss"] = parts["mse"] + grad_weight * parts.get("grad", 0.0) + spectral_weight * parts.get("spectral", 0.0)
+    parts["loss"] = (parts["mse"] + grad_weight * parts.get("grad", 0.0)
+                     + spectral_weight * parts.get("spectral", 0.0))
     return parts

@@ -22,16 +22,23 @@ import torch
 from .. import __version__
 from ..config import dump_yaml, to_dict
 from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
+from ..data.degradations import blur
 from ..data.sensors import load_registry
 from ..errors import CloudSRError, InputError
-from ..evaluation.metrics import gradient_ratio, psnr
 from ..models.cascade import predict_x0, upsample_condition
-from ..data.degradations import blur
 from ..models.diffusion import GlobalNoise, ResShift
+from ..models.export import export_model, load_model
+from ..models.fidelity import gradient_ratio, psnr
 from ..models.network import ConditionalUNet
 from ..schema import StageConfig
-from .checkpoint import (MANIFEST, export_model, guard_engine_loads, load_model, pick_checkpoint, rotate_checkpoints,
-                         write_manifest, write_pointer)
+from .checkpoint import (
+    MANIFEST,
+    guard_engine_loads,
+    pick_checkpoint,
+    rotate_checkpoints,
+    write_manifest,
+    write_pointer,
+)
 from .distributed import DistInfo
 from .losses import total_loss
 
@@ -47,7 +54,7 @@ def cascade_conditions(x0: torch.Tensor, y: torch.Tensor, m: torch.Tensor, p: fl
     sigma ~ U(0.25, scale / 2) HR pixels (bicubic(LR) lacks them all, Stage 1's output only the finest)."""
     u = torch.rand(2, x0.shape[0], generator=gen).tolist()
     out = y.clone()
-    for i, (pick, v) in enumerate(zip(*u)):
+    for i, (pick, v) in enumerate(zip(*u, strict=True)):
         if pick < p:
             out[i] = blur(x0[i:i + 1], 0.25 + v * (scale / 2 - 0.25))[0] * m[i]
     return out
@@ -113,11 +120,13 @@ class Trainer:
     def _init_from(self, path: str) -> None:
         state, meta = load_model(path)
         if meta.get("channels") != self.channels:
-            raise InputError(f"{path}: checkpoint has {meta.get('channels')} channels, config/shards have {self.channels}")
+            raise InputError(f"{path}: checkpoint has {meta.get('channels')} channels, config/shards have "
+                             f"{self.channels}")
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:
-            raise InputError(f"{path}: weights do not fit this model config ({str(e).splitlines()[0]})") from None
+            raise InputError(f"{path}: weights do not fit this model config "
+                             f"({str(e).splitlines()[0]})") from None
         log.info("initialised from %s (stage %s)", path, meta.get("stage"))
 
     def _precision(self) -> str:
@@ -138,7 +147,8 @@ class Trainer:
             "zero_optimization": {"stage": t.zero_stage},
             "bf16": {"enabled": self._precision() == "bf16"},
         }
-        engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(), config=ds_cfg)
+        engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
+                                               config=ds_cfg)
         return engine
 
     # ------------------------------------------------------------------ data order
@@ -148,7 +158,8 @@ class Trainer:
         sampler_len = math.ceil(len(self.train_set) / self.dist.world)
         steps_per_epoch = max(1, sampler_len // per_step)
         epoch, k = divmod(step, steps_per_epoch)
-        order = list(rank_sampler(self.train_set, self.dist.rank, self.dist.world, self.cfg.train.seed, epoch))
+        order = list(rank_sampler(self.train_set, self.dist.rank, self.dist.world, self.cfg.train.seed,
+                                  epoch))
         start = k * per_step + micro * self.cfg.train.batch_size
         return [order[(start + i) % len(order)] for i in range(self.cfg.train.batch_size)]
 
@@ -190,8 +201,9 @@ class Trainer:
             parts = self.forward_loss(batch, gen)
             loss = parts["loss"]
             if not torch.isfinite(loss):
-                raise TrainingError(f"{self.cfg.train.out_dir}: non-finite loss ({float(loss)}) at step {self.step}; "
-                                    f"no checkpoint written (lower train.lr or check the shards)")
+                raise TrainingError(f"{self.cfg.train.out_dir}: non-finite loss ({float(loss)}) at step "
+                                    f"{self.step}; no checkpoint written (lower train.lr or check the "
+                                    "shards)")
             self.engine.backward(loss)
             self.engine.step()
         self.ema.update(self.engine.module, self.step)
@@ -223,14 +235,16 @@ class Trainer:
         return {k: float(np.mean(v)) for k, v in scores.items()}
 
     def predict(self, model, y, m, noise, origins):
-        return predict_x0(model, None if self.cfg.stage == "regression" else self.diffusion, y, m, noise, origins)
+        return predict_x0(model, None if self.cfg.stage == "regression" else self.diffusion, y, m, noise,
+                          origins)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
         """Every rank saves; then rank 0 records the digests (the save is finished only now),
         moves the pointer and rotates out checkpoints beyond ``train.keep_checkpoints``."""
         tag = f"step{self.step:08d}"
-        if self.dist.is_main:  # saving again into a directory (resumed from before it): unfinished until re-recorded
+        # saving again into a directory (resumed from before it): unfinished until re-recorded
+        if self.dist.is_main:
             (self.ckpt_dir / tag / MANIFEST).unlink(missing_ok=True)
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False,
                                     client_state={"step": self.step, "ema": self.ema.shadow})
@@ -279,11 +293,12 @@ class Trainer:
         if not self.dist.is_main:
             return None
         lo, hi = self.train_set.lo, self.train_set.hi
-        meta = {"stage": self.cfg.stage, "pair": self.cfg.data.pair, "channels": self.channels, "scale": self.scale,
-                "lr_channels": self.train_set.attrs["lr_channels"], "hr_channels": self.train_set.attrs["hr_channels"],
-                "norm_hr": [lo.tolist(), hi.tolist()],
-                "norm_lr": [self.train_set.lo_lr.tolist(), self.train_set.hi_lr.tolist()], "config": to_dict(self.cfg), "step": self.step,
-                "cloudsr_hpc_version": __version__}
+        meta = {"stage": self.cfg.stage, "pair": self.cfg.data.pair, "channels": self.channels,
+                "scale": self.scale,
+                "lr_channels": self.train_set.attrs["lr_channels"],
+                "hr_channels": self.train_set.attrs["hr_channels"], "norm_hr": [lo.tolist(), hi.tolist()],
+                "norm_lr": [self.train_set.lo_lr.tolist(), self.train_set.hi_lr.tolist()],
+                "config": to_dict(self.cfg), "step": self.step, "cloudsr_hpc_version": __version__}
         return export_model(self.out / "export", self.ema.shadow, meta)
 
     # ------------------------------------------------------------------ loop
@@ -302,7 +317,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(self.config_text)
             self._open_tensorboard()
-        bar = tqdm(total=t.steps, initial=self.step, disable=not self.dist.is_main, desc=f"stage {self.cfg.stage}")
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.dist.is_main,
+                   desc=f"stage {self.cfg.stage}")
         t0 = time.perf_counter()
         while self.step < t.steps:
             parts = self.train_step()

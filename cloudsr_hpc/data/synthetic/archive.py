@@ -18,8 +18,7 @@ import numpy as np
 
 from ..geometry import SEVIRI_FULL_DISK, GeosGrid, lonlat_to_geos
 from ..sensors import Registry, Sensor, SensorPair
-from .cloudfield import (SPECTRAL_KIND, CloudFieldSpec, CloudScene, channel_value, grid_points,
-                         psf_sigma_px)
+from .cloudfield import SPECTRAL_KIND, CloudFieldSpec, CloudScene, channel_value, grid_points, psf_sigma_px
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ class ScenePlan:
     viirs_cols: int
 
     @classmethod
-    def for_size(cls, size: str) -> "ScenePlan":
+    def for_size(cls, size: str) -> ScenePlan:
         if size == "small":  # Europe / N. Atlantic up to the northern limb (space pixels at the top corners)
             domain = SEVIRI_FULL_DISK.window(0, 1888, 448, 320)
             region_lr = (200, 48, 224, 224)  # rows, cols, nrows, ncols inside the domain (~52 N, 10 E)
@@ -86,7 +85,8 @@ class Observer:
             kind = SPECTRAL_KIND[ch]
             px = pixel_m[ch]
             value = sample(channel_value(kind, coarse_state), scene.domain, x, y,
-                           psf_sigma_px(px, info.psf_fwhm_px, scene.domain.step) if px > scene.domain.step else 0.0)
+                           psf_sigma_px(px, info.psf_fwhm_px, scene.domain.step)
+                           if px > scene.domain.step else 0.0)
             if fine_state is not None and inside.any():
                 fine = sample(channel_value(kind, fine_state), scene.region, xi, yi,
                               psf_sigma_px(px, info.psf_fwhm_px, scene.region.step))
@@ -148,7 +148,8 @@ class SyntheticArchive:
         paths = []
         for fmt in self.lr_formats:
             if fmt not in writer:
-                raise ValueError(f"no synthetic writer for {self.lr.name} format '{fmt}' (have: {', '.join(writer)})")
+                raise ValueError(f"no synthetic writer for {self.lr.name} format '{fmt}' (have: "
+                                 f"{', '.join(writer)})")
             paths += writer[fmt](self.day_dir(self.lr.name, slot), grid, fields, slot,
                                  slot + dt.timedelta(minutes=self.lr.repeat_cycle_minutes),
                                  platform=self.lr.platforms[-1])
@@ -157,8 +158,8 @@ class SyntheticArchive:
     # ------------------------------------------------------------------ HR
     def _hr_values(self, when: dt.datetime, x, y, chans: list[str]) -> dict[str, np.ndarray]:
         sim = self.pair.simulate
-        gain = dict(zip(self.pair.hr_channels, sim.spectral_gain or [1.0] * len(chans)))
-        off = dict(zip(self.pair.hr_channels, sim.spectral_offset or [0.0] * len(chans)))
+        gain = dict(zip(self.pair.hr_channels, sim.spectral_gain or [1.0] * len(chans), strict=False))
+        off = dict(zip(self.pair.hr_channels, sim.spectral_offset or [0.0] * len(chans), strict=False))
         return Observer(self.scene, self.hr, self.seed + 1).observe(
             when, x, y, chans, {c: self.hr.channel(c).resolution_m for c in chans}, gain, off, fine_only=True)
 

@@ -78,9 +78,11 @@ class LatentField:
     def render(self, t_s: float, wind: tuple[float, float], rate: float) -> np.ndarray:
         # t_s is large (seconds since 2000): phases are formed in float64 and reduced mod 2 pi
         k = np.hypot(self.kx.astype(np.float64), self.ky.astype(np.float64))
-        phase = np.mod((np.maximum(k, self.k0) / self.k0) ** (2 / 3) * (rate * t_s), 2 * np.pi)  # small scales evolve faster
+        # small scales evolve faster
+        phase = np.mod((np.maximum(k, self.k0) / self.k0) ** (2 / 3) * (rate * t_s), 2 * np.pi)
         phase = phase.astype(np.float32)
-        adv = np.mod((self.kx.astype(np.float64) * wind[0] + self.ky.astype(np.float64) * wind[1]) * t_s, 2 * np.pi)
+        adv = np.mod((self.kx.astype(np.float64) * wind[0] + self.ky.astype(np.float64) * wind[1]) * t_s,
+                     2 * np.pi)
         spec = (np.cos(phase) * self.a + np.sin(phase) * self.b) * np.exp(-1j * adv).astype(np.complex64)
         return (np.fft.ifft2(spec).real * spec.size).astype(np.float32)
 
@@ -181,7 +183,8 @@ class CloudScene:
         mu0 = cos_solar_zenith(lon, lat, when)
         t_surf = t_surf + g["land"] * 8.0 * np.maximum(mu0, 0.0) - g["land"] * 3.0  # land heats by day
         ctt = np.maximum(t_surf - 6.5 * z, 203.0 + 4.0 * np.tanh(g["top"]))
-        return {"tau": tau.astype(np.float32), "ctt": ctt.astype(np.float32), "t_surf": t_surf.astype(np.float32),
+        return {"tau": tau.astype(np.float32), "ctt": ctt.astype(np.float32),
+                "t_surf": t_surf.astype(np.float32),
                 "land": g["land"], "mu0": mu0.astype(np.float32), "lat": lat, "valid": np.isfinite(lon)}
 
 
@@ -266,14 +269,15 @@ def psf_sigma_px(pixel_m: float, fwhm_px: float, raster_step: float) -> float:
 def sample(raster_values: np.ndarray, raster: GeosGrid, x: np.ndarray, y: np.ndarray,
            sigma_px: float) -> np.ndarray:
     """Observe a raster through a Gaussian footprint at projection points (x, y) [m]; NaN outside."""
-    blurred = ndimage.gaussian_filter(np.nan_to_num(raster_values), sigma_px, mode="nearest") if sigma_px > 0.3 \
-        else np.nan_to_num(raster_values)
+    blurred = (ndimage.gaussian_filter(np.nan_to_num(raster_values), sigma_px, mode="nearest")
+               if sigma_px > 0.3 else np.nan_to_num(raster_values))
     rows = (raster.y[0] - y) / raster.step
     cols = (x - raster.x[0]) / raster.step
     ok = np.isfinite(rows) & np.isfinite(cols)
     out = ndimage.map_coordinates(blurred, [np.where(ok, rows, 0), np.where(ok, cols, 0)], order=1,
                                   mode="nearest").astype(np.float32)
-    inside = ok & (rows >= -0.5) & (rows <= raster.nrows - 0.5) & (cols >= -0.5) & (cols <= raster.ncols - 0.5)
+    inside = (ok & (rows >= -0.5) & (rows <= raster.nrows - 0.5)
+              & (cols >= -0.5) & (cols <= raster.ncols - 0.5))
     return np.where(inside, out, np.nan)
 
 

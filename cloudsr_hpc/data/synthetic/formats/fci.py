@@ -1,4 +1,5 @@
-"""MTG FCI Level-1c FDHSI / HRFI body chunks in EUMETSAT's NetCDF format, as satpy's ``fci_l1c_nc`` reads them.
+"""MTG FCI Level-1c FDHSI / HRFI body chunks in EUMETSAT's NetCDF format, as satpy's ``fci_l1c_nc``
+reads them.
 
 Facts the writer relies on (satpy's reader, its ``fci_l1c_nc.yaml`` and ``areas.yaml``):
 
@@ -41,7 +42,6 @@ Facts the writer relies on (satpy's reader, its ``fci_l1c_nc.yaml`` and ``areas.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,7 @@ import netCDF4
 import numpy as np
 from pyorbital.astronomy import gmst, sun_earth_distance_correction, sun_ra_dec
 
+from ....core.files import atomic_write
 from ...geometry import GeosGrid, geos_to_lonlat
 
 # ----------------------------------------------------------------------------- grids
@@ -107,7 +108,7 @@ def chunk_rows(resolution_m: int) -> list[tuple[int, int]]:
     heights[N_CHUNKS - base_rows % N_CHUNKS:] += 1  # the remainder goes to the last chunks, as satpy pads
     factor = FULL_DISK_PIXELS[resolution_m] // base_rows
     ends = np.cumsum(heights) * factor
-    return [(int(e - h * factor + 1), int(e)) for h, e in zip(heights, ends)]
+    return [(int(e - h * factor + 1), int(e)) for h, e in zip(heights, ends, strict=True)]
 
 
 def _file_rows(grid: GeosGrid) -> tuple[int, int]:
@@ -166,7 +167,8 @@ class FciChannel:
         if self.solar:
             return v / 100.0 * self.solar_irradiance / (np.pi * sun_earth_au ** 2)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            return PLANCK_C1 * self.wavenumber ** 3 / np.expm1(PLANCK_C2 * self.wavenumber / (self.a * v + self.b))
+            return (PLANCK_C1 * self.wavenumber ** 3
+                    / np.expm1(PLANCK_C2 * self.wavenumber / (self.a * v + self.b)))
 
     def to_counts(self, radiance: np.ndarray) -> np.ndarray:
         """Radiance -> uint16 counts, saturating at the range ends; NaN -> fill."""
@@ -192,7 +194,8 @@ def _f32(v: float) -> float:
     return float(np.float32(v))
 
 
-def _solar_channel(name: str, wavelength: float, irradiance: float, top_reflectance: float = 130.0) -> FciChannel:
+def _solar_channel(name: str, wavelength: float, irradiance: float,
+                   top_reflectance: float = 130.0) -> FciChannel:
     """12 bits spanning 0..``top_reflectance`` % at 1 AU; ``irradiance`` in mW m-2 (cm-1)-1."""
     e = _f32(irradiance)
     sf = _f32(top_reflectance / 100.0 * e / np.pi / COUNT_MAX)
@@ -295,7 +298,8 @@ def write_fci_l1c(out_dir, product: str, fields: dict[str, tuple[GeosGrid, np.nd
     sub_lon = next(iter(fields.values()))[0].sub_lon
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = _ChunkWriter(product, fields, sub_lon, start_time, end_time, _PLATFORMS[platform], repeat_cycle_in_day)
+    writer = _ChunkWriter(product, fields, sub_lon, start_time, end_time, _PLATFORMS[platform],
+                          repeat_cycle_in_day)
     return [writer.write(out_dir, chunk) for chunk in _chunks_touched(fields)]
 
 
@@ -308,7 +312,8 @@ def _check_fields(product: str, fields) -> dict[str, tuple[GeosGrid, np.ndarray]
         if name not in native:
             raise ValueError(f"channel {name!r} is not in FCI {product}; expected one of {sorted(native)}")
         if _resolution_of(grid) != native[name]:
-            raise ValueError(f"{name} is at {native[name]} m in {product}; its grid is at {_resolution_of(grid)} m")
+            raise ValueError(f"{name} is at {native[name]} m in {product}; its grid is at "
+                             f"{_resolution_of(grid)} m")
         array = np.asarray(array, np.float32)
         if array.shape != grid.shape:
             raise ValueError(f"{name}: array shape {array.shape} != grid shape {grid.shape}")
@@ -357,14 +362,14 @@ class _ChunkWriter:
         name = FILE_NAME.format(sc=self.spacecraft, product=self.product, start=t_start, end=t_end,
                                 processed=t_end + dt.timedelta(seconds=30), rc=self.rc, chunk=chunk)
         path = out_dir / name
-        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
-        try:
+        with atomic_write(path) as tmp:
             with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
                 nc.setncatts({"platform": self.platform_attr, "data_source": "FCI",
                               "title": f"MTG FCI Level 1c {self.product} body chunk (synthetic)",
                               "institution": "EUMETSAT",
                               "comment": "synthetic scene written by cloudsr_hpc",
-                              "repeat_cycle_in_day": np.int32(self.rc), "count_in_repeat_cycle": np.int32(chunk)})
+                              "repeat_cycle_in_day": np.int32(self.rc),
+                              "count_in_repeat_cycle": np.int32(chunk)})
                 data = nc.createGroup("data")
                 _write_projection(data, self.sub_lon)
                 sun_earth_km = _write_aux(nc, first, last, times, self.sub_lon)
@@ -373,9 +378,6 @@ class _ChunkWriter:
                     # satpy's d: the mean of the vector as stored, in AU
                     self._write_channel(group, FCI_CHANNELS[channel], res, chunk,
                                         float(np.nanmean(sun_earth_km)) / AU_KM)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def _write_channel(self, group, channel: FciChannel, res: int, chunk: int, sun_earth_au: float):
@@ -394,7 +396,8 @@ class _ChunkWriter:
             "effective_radiance": _image_variable(group, "effective_radiance", "u2", FILL_COUNT, hdf_chunks, {
                 "long_name": "Effective Radiance",
                 "units": "mW.m-2.sr-1.(cm-1)-1",
-                "scale_factor": np.float32(channel.scale_factor), "add_offset": np.float32(channel.add_offset),
+                "scale_factor": np.float32(channel.scale_factor),
+                "add_offset": np.float32(channel.add_offset),
                 "warm_scale_factor": np.float32(channel.warm_scale_factor),
                 "warm_add_offset": np.float32(channel.warm_add_offset),
                 "valid_range": np.array([0, channel.count_max], np.uint16),
@@ -412,7 +415,8 @@ class _ChunkWriter:
         if channel.name in self.fields:
             self._write_window(variables, channel, res, start, end, sun_earth_au)
 
-    def _write_window(self, variables, channel: FciChannel, res: int, start: int, end: int, sun_earth_au: float):
+    def _write_window(self, variables, channel: FciChannel, res: int, start: int, end: int,
+                      sun_earth_au: float):
         """The part of the channel's field inside this chunk, flipped to file (south-up) rows."""
         grid, values = self.fields[channel.name]
         first, last = _file_rows(grid)
@@ -426,7 +430,8 @@ class _ChunkWriter:
         out = (slice(lo - start, hi - start + 1), slice(grid.col0, grid.col0 + grid.ncols))
 
         variables["effective_radiance"][out] = channel.to_counts(channel.to_radiance(block, sun_earth_au))
-        quality = np.where(np.isfinite(block), QUALITY_GOOD, np.where(on_disk, QUALITY_INVALID, QUALITY_SPACE))
+        quality = np.where(np.isfinite(block), QUALITY_GOOD,
+                           np.where(on_disk, QUALITY_INVALID, QUALITY_SPACE))
         variables["pixel_quality"][out] = quality.astype(np.uint8)
         factor = FULL_DISK_PIXELS[res] // FULL_DISK_PIXELS[_BASE_RES]
         line = (np.arange(lo, hi + 1) - 1) // factor + 1  # the 2 km line each file row belongs to

@@ -179,7 +179,7 @@ class ScanTimes:
     SCAN_DELAY = dt.timedelta(seconds=12)
 
     @classmethod
-    def for_slot(cls, start: dt.datetime, end: dt.datetime | None = None) -> "ScanTimes":
+    def for_slot(cls, start: dt.datetime, end: dt.datetime | None = None) -> ScanTimes:
         start = naive_utc(start)
         end = naive_utc(end) if end is not None else start + dt.timedelta(minutes=15)
         cycle = end - start
@@ -215,7 +215,7 @@ class SeviriWindow:
     west: int
 
     @classmethod
-    def from_grid(cls, grid: GeosGrid) -> "SeviriWindow":
+    def from_grid(cls, grid: GeosGrid) -> SeviriWindow:
         check_grid(grid)
         return cls(south=grid.full_rows - (grid.row0 + grid.nrows) + 1, north=grid.full_rows - grid.row0,
                    east=grid.full_cols - (grid.col0 + grid.ncols) + 1, west=grid.full_cols - grid.col0)

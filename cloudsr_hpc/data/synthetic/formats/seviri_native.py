@@ -15,13 +15,13 @@ the canonical window's extent with both axes reversed (x east->west, y south->no
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import numpy as np
 from satpy.readers.core.eum import time_cds_short
 from satpy.readers.seviri_l1b_native_hdr import GSDTRecords, get_native_header, native_trailer
 
+from ....core.files import atomic_write
 from ...geometry import GeosGrid
 from .seviri_calib import (
     RADIANCE_TYPE,
@@ -33,8 +33,10 @@ from .seviri_calib import (
     fields_to_counts,
     orbit_polynomial_coefs,
     orbit_polynomial_windows,
-    platform as lookup_platform,
     to_cds,
+)
+from .seviri_calib import (
+    platform as lookup_platform,
 )
 
 SELECTED_BANDS = "X" * len(VISIR_CHANNELS) + "-"  # VIS/IR channels in, HRV out
@@ -62,16 +64,12 @@ def write_seviri_native(out_dir, grid: GeosGrid, fields: dict[str, np.ndarray], 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (f"{plat.msg_name}-SEVI-MSG15-0100-NA-"
                       f"{times.scan_end:%Y%m%d%H%M%S.%f}000Z-NA.nat")  # named after the scan end
-    tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
-    try:
+    with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(_header(grid, window, times, plat, encoded, size).tobytes())
             for block in _line_blocks(grid, window, times, plat, encoded, line_dtype):
                 f.write(block.tobytes())
             f.write(_trailer(window, times, plat).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return [path]
 
 

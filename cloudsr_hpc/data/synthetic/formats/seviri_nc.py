@@ -14,16 +14,16 @@ canonical array upside down, and the loaded data come back exactly in canonical 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import netCDF4
 import numpy as np
 
+from ....core.files import atomic_write
 from ...geometry import GeosGrid
 from .seviri_calib import (
-    RADIANCE_TYPE,
     COUNT_MAX,
+    RADIANCE_TYPE,
     VISIR_CHANNELS,
     LinearCalibration,
     Platform,
@@ -32,8 +32,10 @@ from .seviri_calib import (
     fields_to_counts,
     orbit_polynomial_coefs,
     orbit_polynomial_windows,
-    platform as lookup_platform,
     to_cds,
+)
+from .seviri_calib import (
+    platform as lookup_platform,
 )
 
 FILE_NAME = "W_XX-EUMETSAT-Darmstadt,VIS+IR+HRV+IMAGERY,{satid}+SEVIRI_C_EUMG_{time:%Y%m%d%H%M%S}.nc"
@@ -53,16 +55,12 @@ def write_seviri_nc(out_dir, grid: GeosGrid, fields: dict[str, np.ndarray], star
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILE_NAME.format(satid=plat.msg_name, time=times.repeat_cycle_start)
-    tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
-    try:
+    with atomic_write(path) as tmp:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
             _write_global_attrs(nc, grid, window, times, plat)
             _write_channels(nc, grid, encoded)
             _write_line_info(nc, window, times)
             _write_orbit(nc, grid, times)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return [path]
 
 
@@ -151,12 +149,13 @@ def _write_orbit(nc, grid: GeosGrid, times: ScanTimes):
     nc.createDimension("orbit_polynomial_dim_row", len(windows))
     nc.createDimension("orbit_polynomial_dim_col", 8)
     coefs = orbit_polynomial_coefs(grid)
-    for axis, c in zip("xyz", coefs):
+    for axis, c in zip("xyz", coefs, strict=True):
         var = nc.createVariable(f"orbit_polynomial_{axis}", "f8",
                                 ("orbit_polynomial_dim_row", "orbit_polynomial_dim_col"))
         var[:] = np.tile(c, (len(windows), 1))
     for edge, col in (("start", 0), ("end", 1)):
         cds = np.array([to_cds(w[col]) for w in windows])
         for unit, j in (("day", 0), ("msec", 1)):
-            var = nc.createVariable(f"orbit_polynomial_{edge}_time_{unit}", "i4", ("orbit_polynomial_dim_row",))
+            var = nc.createVariable(f"orbit_polynomial_{edge}_time_{unit}", "i4",
+                                    ("orbit_polynomial_dim_row",))
             var[:] = cds[:, j]

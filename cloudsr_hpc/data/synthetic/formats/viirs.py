@@ -38,7 +38,6 @@ the ground track on the centre column, which is how :func:`viirs_swath_lonlat` b
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,6 +45,8 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 from pyorbital import astronomy
+
+from ....core.files import atomic_write
 
 ROWS_PER_SCAN = 32  # I-band detectors
 SCAN_PERIOD_S = 1.7864  # one rotation of the VIIRS telescope
@@ -351,13 +352,8 @@ def _bounds(lon, lat) -> dict[str, float]:
 
 
 def _write_atomically(path: Path, fill) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
-            fill(nc)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+        fill(nc)
     return path
 
 
@@ -365,7 +361,8 @@ def _write_common(nc, granule: Granule, product: str, shape: tuple[int, int]):
     iso = "%Y-%m-%dT%H:%M:%S.000Z"  # the reader parses exactly this
     name = granule.file_name(product)
     nc.setncatts({
-        "title": f"VIIRS I-band {'Geolocation' if product.startswith('03') else 'Observation'} Data (synthetic)",
+        "title": f"VIIRS I-band {'Geolocation' if product.startswith('03') else 'Observation'} "
+                 "Data (synthetic)",
         "product_name": name,
         "ShortName": name.split(".")[0],
         "processing_level": "L1B" if product.startswith("02") else "L1",
@@ -422,7 +419,8 @@ def _write_observations(nc, granule: Granule, fields: dict[str, np.ndarray], sha
             var = _create(obs, name, "u2", shape, np.uint16(COUNT_FILL), _thermal_attrs(band))
             encode = partial(band.encode, lut=lut)  # the LUT once, not per block
             lut_var = _create(obs, f"{name}_brightness_temperature_lut", "f4", (LUT_SIZE,), LUT_FILL, {
-                "long_name": f"{name} brightness temperature lookup table, indexed by the scaled radiance count",
+                "long_name": f"{name} brightness temperature lookup table, indexed by the scaled "
+                             "radiance count",
                 "units": "Kelvin",
                 "valid_min": lut[0],
                 "valid_max": lut[COUNT_VALID_MAX],
@@ -473,8 +471,9 @@ def _write_geolocation(nc, granule: Granule, lon, lat):
                   for name in ("solar_zenith", "solar_azimuth", "sensor_zenith", "sensor_azimuth")}
     for block in _row_blocks(lon.shape[0]):
         rows = np.arange(block.start, block.stop)
-        angles = (*solar_angles(lon[block], lat[block], granule.start, rows), *_sensor_angles(lon[block], lat[block]))
-        for (name, var), values in zip(angle_vars.items(), angles):
+        angles = (*solar_angles(lon[block], lat[block], granule.start, rows),
+                  *_sensor_angles(lon[block], lat[block]))
+        for (name, var), values in zip(angle_vars.items(), angles, strict=True):
             var[block] = _angle_counts(values, azimuth=name.endswith("azimuth"))
 
 

@@ -1,0 +1,3 @@
+"""General helpers below every domain layer: files written atomically and checksummed, process
+resources, normalisation maths, figure files.  Imports nothing of the package but
+:mod:`cloudsr_hpc.errors` (the layering is checked by ``lint-imports``; see docs/architecture.md)."""
