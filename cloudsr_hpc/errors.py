@@ -24,3 +24,8 @@ def one_line(msg: str) -> str:
 
 class OutputError(CloudSRError):
     """An output could not be written (disk full, permissions, outside its configured root)."""
+
+
+class Interrupted(CloudSRError):
+    """Work stopped on a signal (the scheduler's time-limit warning, a cancel, a preemption): the
+    scene in hand is abandoned cleanly and is not a failure of that scene."""

@@ -12,19 +12,25 @@ scene lands in the output directory (plus a quicklook PNG); an existing output t
 kept unless ``--overwrite`` (cheaply: intact metadata and chunk index; ``--verify`` also decodes
 every chunk against its stored checksum), and its quicklook drawn if it has none.  Several
 scenes: a failing one is reported and the others still run.
-Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line each on stderr).
+Time limits: SIGUSR1 (``slurm/infer.sh`` asks Slurm for it 60 s before the limit) stops the run at
+the next tile batch: the scene in hand is abandoned cleanly (no temporaries left), finished scenes
+stay, and the run exits 75, on which ``slurm/infer.sh`` requeues the job to do the rest.
+Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line each on stderr),
+75 stopped by a signal (nothing lost: run it again).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from .cli import guarded, setup_logging
 from .config import load
-from .errors import CloudSRError, one_line
+from .core import signals
+from .errors import CloudSRError, Interrupted, one_line
 
 log = logging.getLogger("cloudsr_hpc")
 
@@ -88,8 +94,12 @@ def run(args) -> int:
     mine, scene_ranks = ((scenes[ranks.rank::ranks.size], Ranks()) if args.shard == "scenes"
                          else (scenes, ranks))
     pipe = ScenePipeline(cfg, reg, scene_ranks, args.out or cfg.out_dir, progress=not args.quiet)
-    failures = 0
-    for sc in mine:
+    signals.install(signal.SIGUSR1)  # Slurm's time-limit warning: stop cleanly, requeue the rest
+    failures, left = 0, 0
+    for i, sc in enumerate(mine):
+        if scene_ranks.agree(signals.received()):
+            left = len(mine) - i
+            break
         try:
             if not args.overwrite and sc.time is not None:
                 done = _existing(pipe, sc, scene_ranks, args.verify)
@@ -100,11 +110,25 @@ def run(args) -> int:
             res = pipe.run(sc.files, sc.time)
             if scene_ranks.rank == 0:
                 print(json_summary(res), flush=True)
+        except Interrupted:
+            left = len(mine) - i
+            break
         except CloudSRError as e:
             failures += 1
             if scene_ranks.rank == 0:
                 print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    if left:
+        return _stopped(ranks, left)
     return 2 if failures else 0
+
+
+def _stopped(ranks, left: int) -> int:
+    """After a stop request: one line, exit 75 (EX_TEMPFAIL: nothing lost, run again);
+    ``slurm/infer.sh`` requeues the job on 75 and the rerun keeps the outputs that verify."""
+    if ranks.rank == 0:
+        print(f"infer: stopped by {signals.received() or 'a signal'} with {left} scene(s) left "
+              f"(finished outputs kept; run again to do the rest)", file=sys.stderr, flush=True)
+    return 75
 
 
 def _existing(pipe, sc, ranks, full: bool = False):

@@ -82,6 +82,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # the backbone: a name in cloudsr_hpc.models.backbones.BACKBONES (checked there, when it is built;
+    # the schema layer cannot see the models layer).  Exports without it were UNets.
+    kind: str = "unet"
     base_channels: int = 32
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: int = 1
@@ -89,6 +92,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def validate(self, where):
+        require(bool(self.kind), where, "kind must name a backbone (e.g. unet)")
         check_ranges(where, self, base_channels=">= 1", num_res_blocks=">= 1", dropout="[0, 1)")
         require(bool(self.channel_mult) and min(self.channel_mult) >= 1, where,
                 f"channel_mult = {self.channel_mult}: need at least one level, each multiplier >= 1")
@@ -105,10 +109,14 @@ class DiffusionConfig:
     eta_min: float = 0.04 ** 2
     eta_max: float = 0.99
     power: float = 0.3
+    # x_T -> x_0: a name in cloudsr_hpc.models.diffusion.SAMPLERS (ancestral | ddim | one_step), checked
+    # there; infer.sampler / evaluate.sampler override it without retraining
+    sampler: str = "ancestral"
     grad_loss_weight: float = 0.0
     spectral_loss_weight: float = 0.0
 
     def validate(self, where):
+        require(bool(self.sampler), where, "sampler must name a sampler (e.g. ancestral)")
         require(1 <= self.steps <= 15, where, "steps must be between 1 and 15")
         require(0 < self.eta_min < self.eta_max < 1, where, "need 0 < eta_min < eta_max < 1")
         check_ranges(where, self, kappa="> 0", power="> 0", grad_loss_weight=">= 0",
@@ -163,6 +171,8 @@ class InferConfig:
     stages: Literal["1", "2", "cascade", "regression"] = "cascade"
     halo_hr: int = -1  # -1: from the model's measured receptive margin (exact tiling when it fits)
     seed: int = 0
+    # "": each diffusion stage's stored diffusion.sampler; else a SAMPLERS name for every diffusion stage
+    sampler: str = ""
     chunk: int = 512  # HR pixels; bands of ranks start on chunk rows
     packing: Literal["float32", "int16"] = "float32"
     complevel: int = 4
@@ -219,6 +229,8 @@ class EvaluateConfig:
     max_pairs: int = 0  # 0: all held-out pairs
     batch_size: int = 8
     seed: int = 0  # diffusion noise and the self-supervised degradation
+    # "": each diffusion stage's stored diffusion.sampler; else a SAMPLERS name for every diffusion stage
+    sampler: str = ""
     members: int = 1  # ensemble members per stochastic method (> 1: CRPS, spread-skill, rank histogram)
     data_range: float = 2.0  # PSNR/SSIM range in normalised units ([-1, 1])
     spectrum_tile: int = 128  # HR tile side for Welch-averaged spectra (and LPIPS tiles)

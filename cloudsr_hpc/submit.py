@@ -23,12 +23,13 @@ import datetime as dt
 import json
 import logging
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 from .cli import guarded, setup_logging
 from .config import config_path, dump_yaml, load
-from .errors import CloudSRError, ConfigError, InputError
+from .errors import CloudSRError, ConfigError, InputError, one_line
 
 log = logging.getLogger("cloudsr_hpc")
 
@@ -260,6 +261,7 @@ def _campaign_again(cp, args, cdir: Path):
         states = tuple(s for s in ("failed", "quarantined") if getattr(args, s)) or ("failed", "quarantined")
         slots = cp.retry(cdir, states)
         log.info("retry %s: %d %s scene(s) back in the queue", spec.name, len(slots), "/".join(states))
+    cp.set_cancelled(cdir, False)  # resume / retry undo a cancel
     changed = cp.reconcile(cdir)
     log.info("%s %s: %d lost claim(s) back in the queue, %d output(s) found done, %d vanished", args.action,
              spec.name, len(changed["lost"]), len(changed["done"]), len(changed["requeued"]))
@@ -338,27 +340,28 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    """Cancel a campaign's jobs (scancel, or SIGTERM to local workers); claims return on resume."""
-    import os
-    import signal
-    import subprocess
-
+    """Cancel a campaign: no worker claims anything more (a flag in the ledger, checked before
+    every claim), Slurm jobs go through the scheduler (scancel), local workers get SIGTERM only if
+    they are the very processes recorded (same host, same process start time: never a reused pid).
+    A worker told to stop gives its scene back uncounted; ``campaign resume`` clears the flag."""
     from .orchestration import campaign as cp
     cdir = cp.existing(args.root, args.name)
     cp.load_spec(cdir)
     with cp.ledger_errors(cdir):
+        cp.set_cancelled(cdir, True)
         ledger = cp.open_ledger(cdir)
         jobs = ledger.jobs()
-    for job_id, kind, _, _ in jobs:
+        ledger.close()
+    done = {"scancel": [], "signalled": [], "not_here": []}
+    for job_id, kind, _, info in jobs:
         if kind == "slurm":
-            subprocess.run(["scancel", job_id], check=False)
-        elif kind == "local" and job_id.isdigit():
-            try:
-                os.kill(int(job_id), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    ledger.close()
-    print(json.dumps({"campaign": args.name, "cancelled": [j[0] for j in jobs]}))
+            p = subprocess.run(["scancel", job_id], capture_output=True, text=True)
+            if p.returncode:
+                log.warning("scancel %s: %s", job_id, one_line(p.stderr)[:200])
+            done["scancel"].append(job_id)
+        elif kind == "local":
+            (done["signalled"] if cp.signal_local_job(job_id, info) else done["not_here"]).append(job_id)
+    print(json.dumps({"campaign": args.name, "cancelled": [j[0] for j in jobs], **done}))
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloudsr_hpc.inference.pipeline import verify_output
+from cloudsr_hpc.orchestration.campaign import parse_owner
 from cloudsr_hpc.orchestration.ledger import Ledger
 from tests.conftest import make_export, run_cli
 
@@ -64,9 +65,11 @@ def running_claim_with_part(root, name):
     return None
 
 
-def check_complete(root, name, expect_done, lost_slots=(), lost_owners=()):
+def check_complete(root, name, expect_done, lost_slots=(), lost_owners=(), stopped_owners=()):
     """Every expected scene done with a verified output and exactly one successful attempt; the
-    given slots / workers have an attempt recorded as lost."""
+    given slots / workers have an attempt recorded as lost; ``stopped_owners`` (told to stop by a
+    signal) gave their scene back (``preempted``, uncounted) or had just finished it -- never a
+    failed or lost attempt."""
     led = ledger_of(root, name)
     try:
         scenes = {s.slot: s for s in led.scenes()}
@@ -79,6 +82,9 @@ def check_complete(root, name, expect_done, lost_slots=(), lost_owners=()):
             assert "lost" in [a[4] for a in led.attempts(slot)], slot
         for owner in lost_owners:  # the scene it held when stopped (it may have finished another first)
             assert any(a[1] == owner and a[4] == "lost" for a in led.attempts()), (owner, led.attempts())
+        for owner in stopped_owners:
+            mine = [a[4] for a in led.attempts() if a[1] == owner]
+            assert mine and set(mine) <= {"done", "preempted"}, (owner, led.attempts())
         return scenes, led.attempts()
     finally:
         led.close()
@@ -223,13 +229,15 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     array = jobs[0].split("_")[0]
     hit = wait_for(lambda: running_claim_with_part(root, name), timeout=600, every=0.05)
     assert hit, "no task reached the write phase"
-    subprocess.run(["scancel", hit[1].split(":", 1)[1]], check=True)  # scancel that array task mid-run
+    subprocess.run(["scancel", parse_owner(hit[1])["job"]], check=True)  # scancel that array task mid-run
     other = wait_for(lambda: next((o for _, o in [running_claim_with_part(root, name) or (None, None)]
                                    if o and o != hit[1]), None), timeout=60, every=0.05)
+    killed = []
     if other:  # kill -9 another task's worker mid-write
-        pid = task_python_pid(array, other.rsplit("_", 1)[1])
+        pid = task_python_pid(array, parse_owner(other)["job"].rsplit("_", 1)[1])
         if pid:
             os.kill(pid, signal.SIGKILL)
+            killed.append(other)
     assert wait_for(lambda: queue_empty(array), timeout=900), "array did not finish"
     states = sacct_states(array)
     assert "CANCELLED" in " ".join(states.values()) and len(states) == 4, states
@@ -239,7 +247,8 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     assert p.returncode == 0, p.stderr[-2000:]
     array2 = json.loads(p.stdout.strip().splitlines()[-1])["jobs"][0].split("_")[0]
     assert wait_for(lambda: queue_empty(array2), timeout=900), "resume array did not finish"
-    check_complete(root, name, SLOTS, lost_owners=[hit[1]])
+    # the scancelled task gave its scene back uncounted; the killed one's attempt is lost (it counts)
+    check_complete(root, name, SLOTS, lost_owners=killed, stopped_owners=[hit[1]])
     table = run_cli("status", name, "--root", root).stdout
     assert "done 8" in table and "pending 0" in table and "running 0" in table, table
 
@@ -269,7 +278,7 @@ def test_slurm_infer_and_campaign_array_with_faults_resume_and_preemption(slurm_
     assert pre, "the worker never reached the write phase"
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     assert wait_for(lambda: queue_empty(job), timeout=900), "the preempted job did not finish"
-    check_complete(root, name, SLOTS[:4], lost_owners=[pre[1]])
+    check_complete(root, name, SLOTS[:4], stopped_owners=[pre[1]])
     history = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", job, "-o", "State"], capture_output=True,
                              text=True).stdout.split()
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history

@@ -6,7 +6,7 @@ import torch
 
 from cloudsr_hpc.models.diffusion import GlobalNoise, ResShift, eta_schedule
 from cloudsr_hpc.models.network import ConditionalUNet
-from cloudsr_hpc.schema import ModelConfig
+from cloudsr_hpc.schema import DiffusionConfig, ModelConfig
 
 
 def test_schedule_endpoints_monotone_and_geometric_in_sqrt():
@@ -15,11 +15,11 @@ def test_schedule_endpoints_monotone_and_geometric_in_sqrt():
     assert torch.all(eta[1:] > eta[:-1])
     r = eta[1:].sqrt() / eta[:-1].sqrt()
     assert torch.allclose(r, r[0].expand_as(r))  # geometric with power 1
-    assert eta_schedule(1).tolist() == [0.99]
+    assert eta_schedule(1, 0.04 ** 2, 0.99, 0.3).tolist() == [0.99]
 
 
 def test_forward_marginal_mean_and_variance():
-    d = ResShift(steps=4, kappa=2.0)
+    d = ResShift.from_config(DiffusionConfig(steps=4, kappa=2.0))
     g = torch.Generator().manual_seed(0)
     x0, y = torch.full((200000,), 0.3, dtype=torch.float64), torch.full((200000,), -0.5, dtype=torch.float64)
     for t in (1, 3, 4):
@@ -32,7 +32,7 @@ def test_forward_marginal_mean_and_variance():
 
 def test_posterior_matches_bayes_rule():
     """q(x_{t-1}|x_t,x0) from the product of q(x_{t-1}|x0) and the one-step transition."""
-    d = ResShift(steps=5, kappa=1.5)
+    d = ResShift.from_config(DiffusionConfig(steps=5, kappa=1.5))
     x0, y, xt = 0.2, -0.7, 0.1
     for t in range(2, 6):
         eta, prev = d.eta[t - 1].item(), d.eta[t - 2].item()
@@ -52,7 +52,7 @@ def test_posterior_matches_bayes_rule():
 
 
 def test_sampler_with_one_step_is_one_x0_prediction():
-    d = ResShift(steps=1, kappa=1.0)
+    d = ResShift.from_config(DiffusionConfig(steps=1, kappa=1.0))
     y = torch.randn(2, 3, 8, 8)
     eps = torch.randn_like(y)
     seen = []
@@ -68,7 +68,7 @@ def test_sampler_with_one_step_is_one_x0_prediction():
 
 
 def test_sampler_is_deterministic_given_the_noise_source():
-    d = ResShift(steps=4)
+    d = ResShift.from_config(DiffusionConfig(steps=4))
     y = torch.randn(1, 2, 16, 16)
     noise = GlobalNoise(11)
 

@@ -105,7 +105,8 @@ class Bicubic:
 
 
 def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade], dict]:
-    """{method: cascade-like} for ``cfg.methods`` (bicubic excluded) and the reference stage meta."""
+    """{method: cascade-like} for ``cfg.methods`` (bicubic excluded) and the reference stage meta;
+    ``evaluate.sampler`` (when set) replaces every diffusion stage's stored sampler."""
     needs = {"regression": ["regression"], "stage1": ["stage1"], "stage2": ["stage2"],
              "cascade": ["stage1", "stage2"]}
     stages: dict[str, Stage] = {}
@@ -115,7 +116,8 @@ def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade],
             raise ConfigError(f"evaluate.{key}_checkpoint: {path} does not exist (needed by methods "
                               f"{cfg.methods})")
         stages[key] = Stage.load(path, device, expect={"stage1": 1, "stage2": 2}.get(key, key),
-                                 key=f"evaluate.{key}_checkpoint")
+                                 key=f"evaluate.{key}_checkpoint", sampler=cfg.sampler,
+                                 sampler_key="evaluate.sampler")
     if not stages:
         raise ConfigError("evaluate.methods: at least one learned method is needed (bicubic alone has no "
                           "model metadata)")

@@ -24,13 +24,14 @@ import xarray as xr
 
 from .. import __version__
 from ..config import dump_yaml
+from ..core import signals
 from ..core.files import sha256
 from ..core.norm import denormalise, normalise
 from ..core.resources import peak_rss_mb
 from ..data.geometry import GeosGrid
 from ..data.scene import channel_attrs, history_line, read_scene, scene_grid, scene_time
 from ..data.sensors import Registry
-from ..errors import CloudSRError, ConfigError, InputError, OutputError, one_line
+from ..errors import CloudSRError, ConfigError, InputError, Interrupted, OutputError, one_line
 from ..models.cascade import Cascade, Stage
 from ..schema import InferConfig
 from .mpi import Ranks
@@ -64,8 +65,10 @@ def checkpoints_for(cfg: InferConfig) -> list[str]:
 
 
 def load_cascade(cfg: InferConfig, device="cpu") -> Cascade:
-    """The configured stages, each checked to be the stage its key names (export meta records it)."""
-    return Cascade([Stage.load(getattr(cfg, key), device, expect=stage, key=f"infer.{key}")
+    """The configured stages, each checked to be the stage its key names (export meta records it);
+    ``infer.sampler`` (when set) replaces every diffusion stage's stored sampler."""
+    return Cascade([Stage.load(getattr(cfg, key), device, expect=stage, key=f"infer.{key}",
+                               sampler=cfg.sampler, sampler_key="infer.sampler")
                     for key, stage in STAGE_KEYS[cfg.stages]], seed=cfg.seed)
 
 
@@ -330,7 +333,8 @@ class ScenePipeline:
             return
         if claim is not None:
             claim.discard(self.ranks.rank)
-        raise kind(err)
+        stopped = self.ranks.agree(signals.received())  # collective: every rank takes the same branch
+        raise (Interrupted if stopped else kind)(err)
 
     def _draw_quicklook(self, views: dict, nc: Path, final: Path) -> Path | None:
         png = final.with_suffix(".png")

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..core import signals
 from ..models.cascade import Cascade
 from .tiling import Tile
 
@@ -78,6 +79,7 @@ class TileRunner:
         with ThreadPoolExecutor(1, thread_name_prefix="tile-prefetch") as pool:
             nxt = pool.submit(self._host_batch, lr, batches[0], row_offset)
             for k, batch in enumerate(batches):
+                signals.check("inference")  # a stop request (time limit, cancel) ends the scene here
                 x, m = nxt.result()
                 if k + 1 < len(batches):
                     nxt = pool.submit(self._host_batch, lr, batches[k + 1], row_offset)

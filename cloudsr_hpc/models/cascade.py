@@ -1,7 +1,9 @@
 """Exported stages and their cascade: LR -> Stage 1 (cross-sensor) -> Stage 2 (structure) -> HR.
 
-Each stage is an exported checkpoint (:mod:`cloudsr_hpc.models.export`).  A diffusion stage
-samples with :class:`ResShift` from its condition; the regression baseline is one forward pass.
+Each stage is an exported checkpoint (:mod:`cloudsr_hpc.models.export`), its network built from the
+stored ``model.kind`` (:mod:`cloudsr_hpc.models.backbones`).  A diffusion stage samples with
+:class:`ResShift` from its condition, by its stored ``diffusion.sampler`` or the one given at load
+time; the regression baseline is one forward pass.
 Noise comes from :class:`GlobalNoise` keyed by global HR pixel position, with a distinct seed per
 stage, so tiles and ranks reproduce the same sample.
 """
@@ -14,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import build
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..schema import DiffusionConfig, ModelConfig
-from .diffusion import GlobalNoise, ResShift
+from .backbones import build_model
+from .diffusion import GlobalNoise, ResShift, sampler_spec
 from .export import load_model
-from .network import ConditionalUNet
 
 
 def upsample_condition(lr: torch.Tensor, lr_mask: torch.Tensor,
@@ -38,7 +40,7 @@ def channel_fill(pred: torch.Tensor, lr_mask: torch.Tensor, scale: int) -> torch
     return pred.masked_fill(m < 0.5, float("nan"))
 
 
-def predict_x0(model: ConditionalUNet, diffusion: ResShift | None, y: torch.Tensor, m: torch.Tensor,
+def predict_x0(model: torch.nn.Module, diffusion: ResShift | None, y: torch.Tensor, m: torch.Tensor,
                noise: GlobalNoise, origins: list[tuple[int, int]]) -> torch.Tensor:
     """One stage's output for condition y: a ResShift sample, or one pass (``diffusion=None``)."""
     n, c, h, w = y.shape
@@ -67,15 +69,19 @@ def _stage_name(stage) -> str:
 
 @dataclass
 class Stage:
-    model: ConditionalUNet
+    model: torch.nn.Module
     diffusion: ResShift | None
     meta: dict
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", expect: int | str | None = None,
-             key: str = "") -> Stage:
+             key: str = "", sampler: str = "", sampler_key: str = "sampler") -> Stage:
         """An exported stage; ``expect`` (1, 2 or "regression") refuses an export of another stage
-        (a Stage 2 given as Stage 1 samples from the wrong condition without any other sign)."""
+        (a Stage 2 given as Stage 1 samples from the wrong condition without any other sign).
+        ``sampler`` ("" = the stored ``diffusion.sampler``) overrides how a diffusion stage samples
+        (an unknown name is refused naming ``sampler_key``); the regression baseline ignores it."""
+        if sampler:
+            sampler_spec(sampler, sampler_key)  # before reading the weights
         state, meta = load_model(path)
         _check_meta(path, meta)
         if expect is not None and meta["stage"] != expect:
@@ -87,13 +93,18 @@ class Stage:
             dcfg = build(DiffusionConfig, cfg.get("diffusion", {}), f"{path}: diffusion")
         except Exception as e:  # noqa: BLE001 - any malformed meta is a foreign checkpoint
             raise InputError(f"{path}: checkpoint config unreadable ({e})") from None
-        model = ConditionalUNet(int(meta["channels"]), mcfg)
+        try:  # a kind or sampler this version does not know: an export from elsewhere
+            model = build_model(int(meta["channels"]), mcfg)
+            diffusion = None if meta.get("stage") == "regression" else ResShift.from_config(dcfg)
+        except ConfigError as e:
+            raise InputError(f"{path}: stored {e}") from None
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise InputError(f"{path}: weights do not match the config stored with them "
                              f"({str(e).splitlines()[0]})") from None
-        diffusion = None if meta.get("stage") == "regression" else ResShift.from_config(dcfg)
+        if diffusion is not None and sampler:
+            diffusion = diffusion.with_sampler(sampler, sampler_key)
         return cls(model.to(device).eval(), diffusion, meta)
 
 
@@ -128,10 +139,11 @@ class Cascade:
 
     def receptive_margin_hr(self) -> int:
         """HR pixels an input change can travel: bicubic (2 LR px) plus, per stage, one network
-        margin per sampling step (each step feeds the previous prediction back in)."""
-        steps = [1 if st.diffusion is None else st.diffusion.steps for st in self.stages]
+        margin per network call of its sampler (each call feeds the previous prediction back in):
+        T for ancestral and ddim, 1 for one_step and the regression baseline."""
+        calls = [1 if st.diffusion is None else st.diffusion.network_calls for st in self.stages]
         return 2 * self.scale + sum(n * st.model.receptive_margin()
-                                    for n, st in zip(steps, self.stages, strict=True))
+                                    for n, st in zip(calls, self.stages, strict=True))
 
     @property
     def stochastic(self) -> bool:
@@ -139,8 +151,10 @@ class Cascade:
         return any(st.diffusion is not None for st in self.stages)
 
     def describe(self) -> str:
+        """Provenance of the stages: "stage 1 (T=4, ancestral) -> stage 2 (T=4, ddim)"."""
         return " -> ".join(f"stage {st.meta.get('stage')}"
-                           + ("" if st.diffusion is None else f" (T={st.diffusion.steps})")
+                           + ("" if st.diffusion is None
+                              else f" (T={st.diffusion.steps}, {st.diffusion.sampler})")
                            for st in self.stages)
 
     @torch.no_grad()

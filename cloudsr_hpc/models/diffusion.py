@@ -11,6 +11,16 @@ spacing).  The posterior used by the sampler is
     alpha_t = eta_t - eta_{t-1}  (eta_0 = 0).
 
 The network predicts x0; sampling starts at x_T = y + kappa sqrt(eta_T) eps, so a few steps suffice.
+Samplers (:data:`SAMPLERS`, chosen by ``diffusion.sampler``, overridable at inference/evaluation):
+
+  * ``ancestral``: x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), t = T..1 (T network calls, fresh noise each step);
+  * ``ddim``: the deterministic ResShift sampler: eps_hat = (x_t - x0_hat - eta_t (y - x0_hat)) /
+    (kappa sqrt(eta_t)), x_{t-1} = x0_hat + eta_{t-1} (y - x0_hat) + kappa sqrt(eta_{t-1}) eps_hat
+    (T network calls; only the prior x_T is random);
+  * ``one_step``: x0_hat of x_T at t = T (one network call).
+
+Each declares how many network calls it makes for T steps (:meth:`ResShift.network_calls`): the
+tile halo needs one network receptive margin per call.
 All noise comes from :class:`GlobalNoise`, keyed by global pixel position, so overlapping tiles
 of one scene draw identical noise where they overlap.
 """
@@ -18,15 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from ..errors import ConfigError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, y, t) -> x0
 
 
-def eta_schedule(steps: int, eta_min: float = 0.04 ** 2, eta_max: float = 0.99,
-                 power: float = 0.3) -> torch.Tensor:
+def eta_schedule(steps: int, eta_min: float, eta_max: float, power: float) -> torch.Tensor:
     """eta_1..eta_T (float64): sqrt(eta) geometric between sqrt(eta_min) and sqrt(eta_max)."""
     if steps == 1:
         return torch.tensor([eta_max], dtype=torch.float64)
@@ -35,22 +46,48 @@ def eta_schedule(steps: int, eta_min: float = 0.04 ** 2, eta_max: float = 0.99,
     return (lo * (hi / lo) ** frac) ** 2
 
 
+NoiseSource = Callable[[int], torch.Tensor]  # k -> the k-th noise field, shaped like y
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One way from x_T to x_0: ``run(diffusion, denoise, y, noise, progress)`` and the number of
+    network calls it makes for T steps (the tile halo needs one network margin per call)."""
+    run: Callable[..., torch.Tensor]
+    calls: Callable[[int], int]
+
+
 @dataclass
 class ResShift:
-    steps: int = 4
-    kappa: float = 1.0
-    eta_min: float = 0.04 ** 2
-    eta_max: float = 0.99
-    power: float = 0.3
+    """The schedule and sampler of one diffusion stage.  No defaults here: build it with
+    :meth:`from_config` (``DiffusionConfig`` is the one source of the defaults)."""
+    steps: int
+    kappa: float
+    eta_min: float
+    eta_max: float
+    power: float
+    sampler: str
 
     @classmethod
-    def from_config(cls, cfg) -> ResShift:
-        """From a :class:`cloudsr_hpc.schema.DiffusionConfig`."""
-        return cls(cfg.steps, cfg.kappa, cfg.eta_min, cfg.eta_max, cfg.power)
+    def from_config(cls, cfg, sampler: str = "") -> ResShift:
+        """From a :class:`cloudsr_hpc.schema.DiffusionConfig`; ``sampler`` (a :data:`SAMPLERS` name)
+        overrides ``cfg.sampler``."""
+        return cls(cfg.steps, cfg.kappa, cfg.eta_min, cfg.eta_max, cfg.power, sampler or cfg.sampler)
 
     def __post_init__(self):
+        sampler_spec(self.sampler)
         self.eta = eta_schedule(self.steps, self.eta_min, self.eta_max, self.power)
         self.eta_prev = torch.cat([torch.zeros(1, dtype=torch.float64), self.eta[:-1]])
+
+    def with_sampler(self, name: str, key: str = "sampler") -> ResShift:
+        """The same schedule sampled by ``name`` (refused, naming ``key``, when unknown)."""
+        sampler_spec(name, key)
+        return replace(self, sampler=name)
+
+    @property
+    def network_calls(self) -> int:
+        """Network evaluations per sample: T for ancestral and ddim, 1 for one_step."""
+        return SAMPLERS[self.sampler].calls(self.steps)
 
     def _at(self, v: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Schedule value for 1-based step indices ``t`` (N,), broadcast to ``like``."""
@@ -76,24 +113,74 @@ class ResShift:
         return y + self.kappa * math.sqrt(float(self.eta[-1])) * noise
 
     @torch.no_grad()
-    def sample(self, denoise: Denoiser, y: torch.Tensor, noise: Callable[[int], torch.Tensor],
+    def sample(self, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
                progress: bool = False) -> torch.Tensor:
-        """Ancestral sampling x_T -> x_0 with an x0-predicting ``denoise(x_t, y, t)``.
+        """x_T -> x_0 with an x0-predicting ``denoise(x_t, y, t)``, by this stage's sampler.
 
         ``noise(k)`` returns the k-th noise field (k = T for the prior, then T-1..1) shaped like y;
         pass :meth:`GlobalNoise.field` bound to the tile position for tile-consistent sampling.
-        With T = 1 this is exactly one x0-prediction from x_1 = y + kappa sqrt(eta_1) eps."""
-        from tqdm import trange
-        x = self.prior_sample(y, noise(self.steps))
-        n = y.shape[0]
-        x0 = x
-        for t in trange(self.steps, 0, -1, disable=not progress, desc="sampling"):
-            tt = torch.full((n,), t, dtype=torch.long, device=y.device)
-            x0 = denoise(x, y, tt)
-            if t > 1:
-                mean, var = self.posterior(x, x0, tt)
-                x = mean + var.sqrt() * noise(t - 1)
-        return x0
+        Every sampler starts from the same prior x_T = y + kappa sqrt(eta_T) noise(T)."""
+        return SAMPLERS[self.sampler].run(self, denoise, y, noise, progress)
+
+
+def _steps(d: ResShift, progress: bool):
+    from tqdm import trange
+    return trange(d.steps, 0, -1, disable=not progress, desc="sampling")
+
+
+def _ancestral(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
+               progress: bool) -> torch.Tensor:
+    """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) from t = T to 1.  With T = 1 this is exactly one
+    x0-prediction from x_1 = y + kappa sqrt(eta_1) eps."""
+    x = d.prior_sample(y, noise(d.steps))
+    n = y.shape[0]
+    x0 = x
+    for t in _steps(d, progress):
+        tt = torch.full((n,), t, dtype=torch.long, device=y.device)
+        x0 = denoise(x, y, tt)
+        if t > 1:
+            mean, var = d.posterior(x, x0, tt)
+            x = mean + var.sqrt() * noise(t - 1)
+    return x0
+
+
+def _ddim(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
+          progress: bool) -> torch.Tensor:
+    """Deterministic after the prior: the noise implied by x_t and x0_hat is carried to t - 1."""
+    x = d.prior_sample(y, noise(d.steps))
+    n = y.shape[0]
+    x0 = x
+    for t in _steps(d, progress):
+        tt = torch.full((n,), t, dtype=torch.long, device=y.device)
+        x0 = denoise(x, y, tt)
+        if t > 1:
+            eta, prev = d._at(d.eta, tt, x), d._at(d.eta_prev, tt, x)
+            eps = (x - x0 - eta * (y - x0)) / (d.kappa * eta.sqrt())
+            x = x0 + prev * (y - x0) + d.kappa * prev.sqrt() * eps
+    return x0
+
+
+def _one_step(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
+              progress: bool) -> torch.Tensor:
+    """x0_hat of the prior x_T at t = T: one network call."""
+    x = d.prior_sample(y, noise(d.steps))
+    return denoise(x, y, torch.full((y.shape[0],), d.steps, dtype=torch.long, device=y.device))
+
+
+# the samplers by ``diffusion.sampler`` / ``infer.sampler`` / ``evaluate.sampler`` name
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(_ancestral, lambda steps: steps),
+    "ddim": Sampler(_ddim, lambda steps: steps),
+    "one_step": Sampler(_one_step, lambda steps: 1),
+}
+
+
+def sampler_spec(name: str, key: str = "diffusion.sampler") -> Sampler:
+    """The registered sampler ``name``; an unknown one is a :class:`ConfigError` naming ``key``."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{key}: unknown sampler {name!r} (known: {', '.join(SAMPLERS)})") from None
 
 
 # --------------------------------------------------------------------------- position-keyed noise

@@ -15,10 +15,12 @@ ever half-done, and a scene done is never computed again.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
 import shlex
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import build, check_ranges, dump_yaml, load, read_yaml
-from ..errors import CloudSRError, ConfigError, InputError, one_line
+from ..core import signals
+from ..errors import CloudSRError, ConfigError, InputError, Interrupted, one_line
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -236,7 +239,7 @@ def rebuild(cdir: Path, registry) -> dict:
     rows = scene_rows(cdir, spec, registry, counts)
     path = cdir / LEDGER
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):  # a stale WAL must not be replayed into the new file
+    for suffix in ("", "-journal", "-wal", "-shm"):  # a stale journal must not be replayed into the new file
         old = cdir / (LEDGER + suffix)
         if old.exists():
             os.replace(old, cdir / f"{LEDGER}.broken-{stamp}{suffix}")
@@ -265,39 +268,99 @@ def retry(cdir: Path, states: tuple[str, ...]) -> list[str]:
 
 # ----------------------------------------------------------------------------- liveness
 def owner_here() -> str:
-    """Who is working: a Slurm array task (stable across requeues) or a local process."""
+    """Who is working, unique across nodes and processes: ``slurm:<job>[_<task>]/<procid>@<host>:<pid>``
+    under Slurm (several workers of one allocation -- ``srun -n 2``, or local workers inside
+    ``salloc`` -- differ by procid or pid), ``local:<host>:<pid>`` elsewhere."""
+    host, pid = socket.gethostname(), os.getpid()
     if "SLURM_JOB_ID" in os.environ:
-        job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm:{job}_{task}" if task is not None else f"slurm:{job}"
-    return f"local:{socket.gethostname()}:{os.getpid()}"
+        return f"slurm:{slurm_job()}/{os.environ.get('SLURM_PROCID', '0')}@{host}:{pid}"
+    return f"local:{host}:{pid}"
 
 
-def is_alive(owner: str | None) -> bool:
-    """Whether a claim's owner can still finish it (conservative: unknown means alive)."""
-    if not owner:
-        return False
+def slurm_job() -> str:
+    """This process's job as squeue names it: ``<array job>_<task>`` for an array task."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job}_{task}" if task is not None else job
+
+
+def parse_owner(owner: str) -> dict:
+    """{"kind", "job", "proc", "host", "pid"} of an owner string (older ``slurm:<job>`` owners
+    have no proc/host/pid)."""
     kind, _, rest = owner.partition(":")
     if kind == "local":
         host, _, pid = rest.rpartition(":")
-        if host != socket.gethostname():
-            return True
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        return {"kind": kind, "job": None, "proc": None, "host": host, "pid": pid}
+    job, _, where = rest.partition("/")
+    proc, _, hostpid = where.partition("@")
+    host, _, pid = hostpid.rpartition(":")
+    return {"kind": kind, "job": job, "proc": proc or None, "host": host or None, "pid": pid or None}
+
+
+SLURM_GONE = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+              "BOOT_FAIL", "DEADLINE")
+
+
+def slurm_states(timeout: float = 30.0) -> dict[str, str] | None:
+    """{job id: state} of every job Slurm still knows, one ``squeue`` call (array tasks one line
+    each); None when squeue fails or times out -- then nobody can be declared dead."""
+    try:
+        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True,
+                           timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode:
+        return None
+    return dict(line.split("|", 1) for line in p.stdout.split() if "|" in line)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def liveness(me: str | None = None):
+    """An ``is_alive(owner) -> bool`` for :meth:`Ledger.release_lost` (conservative: unknown means
+    alive).  Squeue is asked at most once, lazily, before the ledger is locked.  A process on this
+    host is checked by pid; a Slurm worker's job must still be in the queue; with ``me`` (a worker
+    starting) an earlier incarnation of the same task and procid -- a requeued job -- is dead."""
+    here = socket.gethostname()
+    states: list = []
+    mine = parse_owner(me) if me else None
+
+    def alive(owner: str | None) -> bool:
+        if not owner:
             return False
-        except PermissionError:
+        o = parse_owner(owner)
+        if o["host"] == here and o["pid"] and o["pid"].isdigit() and not _pid_alive(int(o["pid"])):
+            return False
+        if o["kind"] == "local":
+            return True  # its pid lives (checked above), or it runs on another host
+        if o["kind"] != "slurm":
             return True
-        return _not_zombie(int(pid))
-    if kind == "slurm":
-        try:
-            p = subprocess.run(["squeue", "-h", "-j", rest, "-o", "%T"], capture_output=True, text=True,
-                               timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
+        same_task = mine is not None and (o["job"], o["proc"]) == (mine["job"], mine["proc"])
+        if same_task and owner != me and mine["kind"] == "slurm":
+            return False  # the same task and rank before a requeue: only one incarnation runs at a time
+        if not states:
+            states.append(slurm_states())
+        known = states[0]
+        if known is None:
             return True
-        return (p.returncode == 0
-                and p.stdout.strip() not in ("", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT"))
-    return True
+        state = known.get(o["job"])
+        return state is not None and state not in SLURM_GONE
+
+    return alive
+
+
+def is_alive(owner: str | None) -> bool:
+    """Whether a claim's owner can still finish it (one squeue call per question; prefer
+    :func:`liveness` for many owners)."""
+    return liveness()(owner)
 
 
 def _not_zombie(pid: int) -> bool:
@@ -314,7 +377,7 @@ def reconcile(cdir: Path, ledger: Ledger | None = None, full: bool = False) -> d
     from ..inference.pipeline import verify_output
     own = ledger is None
     ledger = ledger or open_ledger(cdir)
-    changed = {"done": [], "requeued": [], "lost": ledger.release_lost(is_alive)}
+    changed = {"done": [], "requeued": [], "lost": ledger.release_lost(liveness())}
     try:
         for sc in ledger.scenes():
             exists = Path(sc.output).exists()
@@ -344,7 +407,9 @@ def reconcile(cdir: Path, ledger: Ledger | None = None, full: bool = False) -> d
 
 # ----------------------------------------------------------------------------- the worker
 def work(cdir: str | Path, owner: str | None = None, limit: int | None = None) -> dict:
-    """Claim and process scenes until none is left (or ``limit`` were done); returns counts."""
+    """Claim and process scenes until none is left (or ``limit`` were done, or the campaign is
+    cancelled); returns counts.  SIGTERM (``submit cancel``, ``scancel``, a preemption) stops the
+    scene in hand at its next tile batch and gives it back uncounted (``preempted``)."""
     from ..data.sensors import load_registry
     from ..inference.mpi import Ranks
     from ..inference.pipeline import ScenePipeline
@@ -352,34 +417,99 @@ def work(cdir: str | Path, owner: str | None = None, limit: int | None = None) -
     spec = load_spec(cdir)
     owner = owner or owner_here()
     ledger = open_ledger(cdir)
-    ledger.release_lost(lambda o: o != owner and is_alive(o))  # a requeued task takes back its own claims
+    ledger.release_lost(liveness(owner))  # dead workers' claims, and this task's own before a requeue
     pipe = None
-    counts = {"done": 0, "failed": 0}
+    counts = {"done": 0, "failed": 0, "preempted": 0}
+    stop = None
+    with signals.stop_on(signal.SIGTERM):
+        try:
+            while limit is None or counts["done"] + counts["failed"] < limit:
+                stop = "campaign cancelled" if ledger.cancelled() else signals.received()
+                if stop:
+                    break
+                sc = ledger.claim(owner, spec.max_attempts)
+                if sc is None:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    if pipe is None:  # models load once per worker, after there is work
+                        pipe = ScenePipeline(infer_config(spec), load_registry(), Ranks(),
+                                             output_dir(cdir, spec), progress=False)
+                    res = pipe.run(sc.files, dt.datetime.fromisoformat(sc.slot))
+                    if str(res.path) != sc.output:
+                        raise CloudSRError(f"{res.path}: output name differs from the ledger's {sc.output}")
+                    ledger.finish(sc.slot, owner, time.perf_counter() - t0)
+                    counts["done"] += 1
+                    log.info("%s %s: done in %.1f s", owner, sc.slot, time.perf_counter() - t0)
+                except Interrupted as e:  # told to stop: not this scene's fault, not an attempt
+                    ledger.give_back(sc.slot, owner, one_line(e))
+                    counts["preempted"] += 1
+                    stop = str(e)
+                    log.warning("%s %s: given back (%s)", owner, sc.slot, e)
+                    break
+                except Exception as e:  # noqa: BLE001 - record any failure; the other scenes go on
+                    msg = one_line(str(e) if isinstance(e, CloudSRError)
+                                   else f"{e.__class__.__name__}: {e}")[:500]
+                    state = ledger.fail(sc.slot, owner, msg, spec.max_attempts)
+                    counts["failed"] += 1
+                    log.error("%s %s: %s (%s)", owner, sc.slot, msg, state)
+        finally:
+            ledger.close()
+    if stop:
+        log.warning("%s: stopped (%s)", owner, stop)
+        counts["stopped"] = stop
+    return counts
+
+
+def set_cancelled(cdir: str | Path, on: bool) -> None:
+    ledger = open_ledger(Path(cdir))
     try:
-        while limit is None or counts["done"] + counts["failed"] < limit:
-            sc = ledger.claim(owner, spec.max_attempts)
-            if sc is None:
-                break
-            t0 = time.perf_counter()
-            try:
-                if pipe is None:  # models load once per worker, after there is work
-                    pipe = ScenePipeline(infer_config(spec), load_registry(), Ranks(), output_dir(cdir, spec),
-                                         progress=False)
-                res = pipe.run(sc.files, dt.datetime.fromisoformat(sc.slot))
-                if str(res.path) != sc.output:
-                    raise CloudSRError(f"{res.path}: output name differs from the ledger's {sc.output}")
-                ledger.finish(sc.slot, owner, time.perf_counter() - t0)
-                counts["done"] += 1
-                log.info("%s %s: done in %.1f s", owner, sc.slot, time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001 - record any failure; the other scenes go on
-                msg = one_line(str(e) if isinstance(e, CloudSRError)
-                               else f"{e.__class__.__name__}: {e}")[:500]
-                state = ledger.fail(sc.slot, owner, msg, spec.max_attempts)
-                counts["failed"] += 1
-                log.error("%s %s: %s (%s)", owner, sc.slot, msg, state)
+        ledger.set_cancelled(on)
     finally:
         ledger.close()
-    return counts
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot, /proc/PID/stat field 22): with
+    the host it names one process for good, where a pid alone may be reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def local_job_info(pid: int) -> str:
+    """What the ledger keeps about a local worker to signal it safely later."""
+    return json.dumps({"host": socket.gethostname(), "start": process_start(pid)})
+
+
+def signal_local_job(job_id: str, info: str, signum: int = signal.SIGTERM) -> bool:
+    """SIGTERM a local worker only if it is the recorded process (same host and start time)."""
+    try:
+        rec = json.loads(info or "{}")
+        pid = int(job_id)
+    except (ValueError, TypeError):
+        return False
+    if rec.get("host") != socket.gethostname() or not rec.get("start") or process_start(pid) != rec["start"]:
+        return False
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def give_back_own(cdir: str | Path, owner: str | None = None, why: str = "requeued") -> None:
+    """Return this worker's claim uncounted (Submitit calls it on a timeout/preemption signal,
+    just before it requeues the task)."""
+    ledger = open_ledger(Path(cdir))
+    try:
+        owner = owner or owner_here()
+        for sc in ledger.scenes():
+            if sc.state == "running" and sc.owner == owner:
+                ledger.give_back(sc.slot, owner, why)
+    finally:
+        ledger.close()
 
 
 # ----------------------------------------------------------------------------- status

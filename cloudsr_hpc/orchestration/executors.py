@@ -129,6 +129,16 @@ class CampaignWorker(submitit.helpers.Checkpointable):
         setup_logging()
         return work(cdir)
 
+    def checkpoint(self, cdir: str):
+        """Submitit's timeout/preemption signal, just before it requeues this task: give the scene
+        in hand back uncounted (preempted), then resubmit the same call."""
+        from .campaign import give_back_own
+        try:
+            give_back_own(cdir, why="requeued by Submitit (time limit or preemption)")
+        except Exception as e:  # noqa: BLE001 - the requeue must happen even if the ledger is busy
+            log.warning("could not give the claim back before the requeue: %s", e)
+        return super().checkpoint(cdir)
+
 
 def campaign_executor(cdir: Path, kind: str, job: JobDef, profile: ClusterProfile, workers: int,
                       after: str | None = None) -> submitit.AutoExecutor:
@@ -190,7 +200,9 @@ def submit_campaign(cdir: Path, kind: str, profile: ClusterProfile, workers: int
         jobs = ex.map_array(CampaignWorker(), [str(cdir)] * workers)
     from .ledger import Ledger
     ledger = Ledger(cdir / "ledger.sqlite")
+    from .campaign import local_job_info
     for j in jobs:
-        ledger.add_job(str(j.job_id), kind)
+        info = local_job_info(int(j.job_id)) if kind == "local" and str(j.job_id).isdigit() else ""
+        ledger.add_job(str(j.job_id), kind, info)
     ledger.close()
     return jobs

@@ -1,18 +1,26 @@
 """The campaign ledger: which scenes exist, who works on them, every attempt, every error.
 
-SQLite (one file in the campaign directory; WAL journal, ``BEGIN IMMEDIATE`` transactions) so
-that array tasks on one file system claim scenes atomically: a scene is handed to exactly one
-worker at a time.  The ledger records; the *truth* of "done" is the output file itself (it
-exists only complete, and must verify) -- :func:`cloudsr_hpc.orchestration.campaign.reconcile`
+SQLite (one file in the campaign directory, ``BEGIN IMMEDIATE`` transactions) so that array
+tasks on one file system claim scenes atomically: a scene is handed to exactly one worker at a
+time.  The journal is SQLite's rollback journal (``DELETE``), which needs only POSIX byte-range
+locks and so holds across nodes on a parallel file system mounted with coherent locking (Lustre
+``-o flock``, GPFS); WAL needs shared memory among all its processes on one host and is used only
+when asked for (``CLOUDSR_LEDGER_JOURNAL=wal``: single-host campaigns).  Not on NFS without locks.
+The ledger records; the *truth* of "done" is the output file itself (it exists only complete,
+and must verify) -- :func:`cloudsr_hpc.orchestration.campaign.reconcile`
 brings the ledger in line with the disk.
 
 Scene states: ``pending`` -> ``running`` -> ``done`` | ``failed`` (retried) | ``quarantined``
 (failed ``max_attempts`` times: reported, never blocks the rest) ; ``missing`` (no input in the
-archive for that slot: recorded, not attempted).
+archive for that slot: recorded, not attempted).  An attempt ends ``done``, ``failed``, ``lost``
+(its worker vanished: it counts against ``max_attempts``, so a scene that kills its worker is
+still quarantined) or ``preempted`` (its worker was told to stop -- cancel, preemption, time
+limit -- and gave the scene back: it does not count).
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -36,8 +44,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     owner TEXT NOT NULL,
     started REAL NOT NULL,
     ended REAL,
-    state TEXT NOT NULL,            -- running | done | failed | lost
+    state TEXT NOT NULL,            -- running | done | failed | lost | preempted
     error TEXT
+);
+CREATE TABLE IF NOT EXISTS control (
+    key TEXT PRIMARY KEY,           -- 'cancelled': workers claim nothing more while it is set
+    value TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -66,7 +78,8 @@ class Ledger:
     def __init__(self, path: str | Path, timeout: float = 120.0):
         self.path = Path(path)
         self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        journal = "WAL" if os.environ.get("CLOUDSR_LEDGER_JOURNAL", "").lower() == "wal" else "DELETE"
+        self.db.execute(f"PRAGMA journal_mode={journal}")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
 
@@ -153,18 +166,45 @@ class Ledger:
 
     def release_lost(self, is_alive) -> list[str]:
         """Claims whose owner is gone (killed worker, cancelled task) go back to pending; their
-        attempt is recorded as ``lost``.  ``is_alive(owner) -> bool``."""
-        lost = []
+        attempt is recorded as ``lost`` and still counts.  ``is_alive(owner) -> bool`` is asked
+        *before* the write transaction (it may query the scheduler), once per owner; only claims
+        that still belong to a dead owner are then released."""
+        running = self.db.execute("SELECT slot, owner FROM scenes WHERE state = 'running'").fetchall()
+        dead = {o for o in {o for _, o in running} if not is_alive(o)}
+        lost: list[str] = []
+        if not dead:
+            return lost
         with self.transaction() as db:
-            running = db.execute("SELECT slot, owner FROM scenes WHERE state = 'running'").fetchall()
             for slot, owner in running:
-                if not is_alive(owner):
-                    db.execute("UPDATE scenes SET state = 'pending', owner = NULL, error = ? WHERE slot = ?",
-                               (f"worker {owner} lost", slot))
-                    db.execute("UPDATE attempts SET ended = ?, state = 'lost' WHERE slot = ? AND owner = ? "
-                               "AND state = 'running'", (time.time(), slot, owner))
+                if owner in dead and db.execute(
+                        "UPDATE scenes SET state = 'pending', owner = NULL, error = ? "
+                        "WHERE slot = ? AND owner = ? AND state = 'running'",
+                        (f"worker {owner} lost", slot, owner)).rowcount:
+                    self._close_attempt(db, slot, owner, "lost", None)
                     lost.append(slot)
         return lost
+
+    def give_back(self, slot: str, owner: str, reason: str) -> None:
+        """The owner stops (cancel, preemption, time limit) and returns its claim: pending again,
+        the attempt recorded as ``preempted`` and not counted against ``max_attempts``."""
+        with self.transaction() as db:
+            if db.execute("UPDATE scenes SET state = 'pending', owner = NULL, error = ?, "
+                          "attempts = attempts - 1 WHERE slot = ? AND owner = ? AND state = 'running'",
+                          (reason, slot, owner)).rowcount:
+                self._close_attempt(db, slot, owner, "preempted", reason)
+
+    # -------------------------------------------------------------- control
+    def set_cancelled(self, on: bool, why: str = "") -> None:
+        """While set, workers claim nothing more (``submit cancel``; ``campaign resume`` clears it)."""
+        with self.transaction() as db:
+            if on:
+                db.execute("INSERT OR REPLACE INTO control VALUES ('cancelled', ?)", (why or utcnow(),))
+            else:
+                db.execute("DELETE FROM control WHERE key = 'cancelled'")
+
+    def cancelled(self) -> str | None:
+        row = self.db.execute("SELECT value FROM control WHERE key = 'cancelled'").fetchone()
+        return row[0] if row else None
 
     def retry(self, states: tuple[str, ...]) -> list[str]:
         """Scenes in ``states`` back to ``pending`` with their attempt count reset (the attempts

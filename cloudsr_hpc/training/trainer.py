@@ -25,11 +25,11 @@ from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
 from ..data.degradations import blur
 from ..data.sensors import load_registry
 from ..errors import CloudSRError, InputError
+from ..models.backbones import backbone_class, build_model
 from ..models.cascade import predict_x0, upsample_condition
-from ..models.diffusion import GlobalNoise, ResShift
+from ..models.diffusion import GlobalNoise, ResShift, sampler_spec
 from ..models.export import export_model, load_model
 from ..models.fidelity import gradient_ratio, psnr
-from ..models.network import ConditionalUNet
 from ..schema import StageConfig
 from .checkpoint import (
     MANIFEST,
@@ -92,12 +92,13 @@ class Trainer:
     def __init__(self, cfg: StageConfig, dist: DistInfo, config_text: str = ""):
         self.cfg, self.dist = cfg, dist
         self.config_text = config_text or dump_yaml(cfg)
+        backbone_class(cfg.model.kind), sampler_spec(cfg.diffusion.sampler)  # registry names, before any work
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.train_set = make_dataset(cfg, "train")
         self.val_set = self._optional_val()
         self.scale = self.train_set.scale
         self.channels = len(self.train_set.attrs["hr_channels"])
-        self.model = ConditionalUNet(self.channels, cfg.model)
+        self.model = build_model(self.channels, cfg.model)
         if cfg.init_from:
             self._init_from(cfg.init_from)
         self.diffusion = ResShift.from_config(cfg.diffusion)
@@ -216,7 +217,7 @@ class Trainer:
         """PSNR (normalised units, range 2) and gradient-preservation ratio of the EMA model and of
         bicubic on held-out pairs."""
         data = self.val_set or self.train_set
-        model = ConditionalUNet(self.channels, self.cfg.model).to(self.dist.device)
+        model = build_model(self.channels, self.cfg.model).to(self.dist.device)
         model.load_state_dict(self.ema.shadow)
         model.eval()
         noise = GlobalNoise(self.cfg.train.seed)
