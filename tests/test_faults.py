@@ -207,21 +207,33 @@ def test_recorded_size_and_digest_are_checked_before_parsing(done, tmp_path):
 
 
 def test_campaign_reconcile_requeues_a_corrupt_done_scene(done, tmp_path):
-    """A scene the ledger has as done goes back to pending, with the reason, once its output fails."""
+    """A scene the ledger has as done goes back to pending, with the reason, once its output fails:
+    a flipped chunk under full verification, and -- cheaply, from the size recorded in the ledger
+    when the output was written, before the file is parsed -- bytes appended to it."""
     from cloudsr_hpc.orchestration import campaign
+    from cloudsr_hpc.orchestration.ledger import Ledger
     _, good = done
     bad = tmp_path / good.name
     shutil.copy(good, bad)
-    marks = []
-    scenes = [SimpleNamespace(slot="s1", output=str(bad), state="done")]
-    ledger = SimpleNamespace(release_lost=lambda alive: [], scenes=lambda: scenes,
-                             mark=lambda slot, state, why=None: marks.append((slot, state, why)))
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add_scenes([("s1", ["in.nc"], str(bad))])
+    ledger.claim("w", 3)
+    ledger.finish("s1", "w", 1.0, pl.output_record(bad))
+    assert ledger.scenes()[0].record == pl.output_record(good)
     assert campaign.reconcile(tmp_path, ledger, full=True)["requeued"] == []
     off, size = chunk_extent(bad, "I01")
     flip(bad, off + size // 3)
-    assert campaign.reconcile(tmp_path, ledger)["requeued"] == []  # cheap
+    assert campaign.reconcile(tmp_path, ledger)["requeued"] == []  # cheap: same size, chunk index intact
     assert campaign.reconcile(tmp_path, ledger, full=True)["requeued"] == ["s1"]
-    assert marks[-1][:2] == ("s1", "pending") and "corrupt" in marks[-1][2]
+    (sc,) = ledger.scenes()
+    assert sc.state == "pending" and "differs from the one recorded" in sc.error
+    shutil.copy(good, bad)  # found on disk again: done, with a fresh record
+    assert campaign.reconcile(tmp_path, ledger)["done"] == ["s1"]
+    with open(bad, "ab") as f:
+        f.write(b"\0" * 7)  # still a readable HDF5 file: only the recorded size tells
+    assert campaign.reconcile(tmp_path, ledger)["requeued"] == ["s1"]
+    assert "truncated or replaced" in ledger.scenes()[0].error
+    ledger.close()
 
 
 # ------------------------------------------------------------------------- row 15: stage mismatch

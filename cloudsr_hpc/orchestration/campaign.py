@@ -372,9 +372,11 @@ def _not_zombie(pid: int) -> bool:
 
 def reconcile(cdir: Path, ledger: Ledger | None = None, full: bool = False) -> dict:
     """Bring the ledger in line with the disk: a verified output means done, a done scene without
-    one (or whose output no longer verifies: truncated; with ``full`` also any chunk failing its
-    checksum) goes back to pending, claims of dead workers are released.  Returns what changed."""
-    from ..inference.pipeline import verify_output
+    one (or whose output no longer verifies: truncated, a size or -- with ``full`` -- a sha256
+    other than the one recorded when it was written, any chunk failing its checksum) goes back to
+    pending, claims of dead workers are released.  The recorded size is compared before the file
+    is parsed at all (a damaged HDF5 header can make libhdf5 itself loop).  Returns what changed."""
+    from ..inference.pipeline import output_record, verify_output
     own = ledger is None
     ledger = ledger or open_ledger(cdir)
     changed = {"done": [], "requeued": [], "lost": ledger.release_lost(liveness())}
@@ -384,7 +386,7 @@ def reconcile(cdir: Path, ledger: Ledger | None = None, full: bool = False) -> d
             if exists and sc.state != "done":
                 try:
                     verify_output(sc.output, full=full)
-                    ledger.mark(sc.slot, "done")
+                    ledger.mark(sc.slot, "done", record=output_record(sc.output))
                     changed["done"].append(sc.slot)
                 except CloudSRError as e:
                     log.warning("%s", e)
@@ -392,9 +394,9 @@ def reconcile(cdir: Path, ledger: Ledger | None = None, full: bool = False) -> d
                 reason = "output vanished"
                 try:
                     if exists:
-                        verify_output(sc.output, full=full)
+                        verify_output(sc.output, full=full, record=sc.record)
                         reason = None
-                except CloudSRError as e:  # truncated or corrupt: computed again
+                except CloudSRError as e:  # truncated, replaced or corrupt: computed again
                     reason = one_line(e)
                 if reason:
                     ledger.mark(sc.slot, "pending", reason)
@@ -438,7 +440,7 @@ def work(cdir: str | Path, owner: str | None = None, limit: int | None = None) -
                     res = pipe.run(sc.files, dt.datetime.fromisoformat(sc.slot))
                     if str(res.path) != sc.output:
                         raise CloudSRError(f"{res.path}: output name differs from the ledger's {sc.output}")
-                    ledger.finish(sc.slot, owner, time.perf_counter() - t0)
+                    ledger.finish(sc.slot, owner, time.perf_counter() - t0, res.record)
                     counts["done"] += 1
                     log.info("%s %s: done in %.1f s", owner, sc.slot, time.perf_counter() - t0)
                 except Interrupted as e:  # told to stop: not this scene's fault, not an attempt

@@ -20,6 +20,7 @@ limit -- and gave the scene back: it does not count).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import time
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS scenes (
     attempts INTEGER NOT NULL DEFAULT 0,
     owner TEXT,                     -- worker holding the claim
     error TEXT,                     -- last error
-    seconds REAL                    -- of the successful attempt
+    seconds REAL,                   -- of the successful attempt
+    record TEXT                     -- {"size", "sha256"} of the output when it was written (JSON)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,6 +74,7 @@ class Scene:
     owner: str | None
     error: str | None
     seconds: float | None
+    record: dict | None = None  # size and sha256 of the output as written: checked before parsing it
 
 
 class Ledger:
@@ -82,6 +85,9 @@ class Ledger:
         self.db.execute(f"PRAGMA journal_mode={journal}")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(scenes)")}
+        if "record" not in columns:  # a ledger from before outputs were recorded
+            self.db.execute("ALTER TABLE scenes ADD COLUMN record TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -117,9 +123,10 @@ class Ledger:
             return db.execute("SELECT COUNT(*) FROM scenes").fetchone()[0] - n0
 
     def scenes(self) -> list[Scene]:
-        rows = self.db.execute("SELECT slot, files, output, state, attempts, owner, error, seconds FROM "
-                               "scenes ORDER BY slot").fetchall()
-        return [Scene(r[0], [f for f in r[1].split(";") if f], *r[2:]) for r in rows]
+        rows = self.db.execute("SELECT slot, files, output, state, attempts, owner, error, seconds, record "
+                               "FROM scenes ORDER BY slot").fetchall()
+        return [Scene(r[0], [f for f in r[1].split(";") if f], *r[2:8], json.loads(r[8]) if r[8] else None)
+                for r in rows]
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
@@ -141,11 +148,11 @@ class Ledger:
                        (row[0], owner, time.time()))
         return next(s for s in self.scenes() if s.slot == row[0])
 
-    def finish(self, slot: str, owner: str, seconds: float) -> None:
+    def finish(self, slot: str, owner: str, seconds: float, record: dict | None = None) -> None:
+        """Done, with the output's size and sha256 as written (``record``)."""
         with self.transaction() as db:
-            db.execute("UPDATE scenes SET state = 'done', owner = NULL, error = NULL, seconds = ? "
-                       "WHERE slot = ?",
-                       (seconds, slot))
+            db.execute("UPDATE scenes SET state = 'done', owner = NULL, error = NULL, seconds = ?, "
+                       "record = ? WHERE slot = ?", (seconds, json.dumps(record) if record else None, slot))
             self._close_attempt(db, slot, owner, "done", None)
 
     def fail(self, slot: str, owner: str, error: str, max_attempts: int) -> str:
@@ -217,10 +224,10 @@ class Ledger:
                        f"WHERE state IN ({marks})", states)
         return slots
 
-    def mark(self, slot: str, state: str, error: str | None = None) -> None:
+    def mark(self, slot: str, state: str, error: str | None = None, record: dict | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE scenes SET state = ?, error = ?, owner = NULL WHERE slot = ?",
-                       (state, error, slot))
+            db.execute("UPDATE scenes SET state = ?, error = ?, owner = NULL, record = ? WHERE slot = ?",
+                       (state, error, json.dumps(record) if record else None, slot))
 
     def attempts(self, slot: str | None = None) -> list[tuple]:
         q = "SELECT slot, owner, started, ended, state, error FROM attempts"
