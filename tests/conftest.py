@@ -192,3 +192,13 @@ def shards(tmp_path_factory):
             wh.add(hr, dt.datetime(2024, 6, 1, 12), i, i, ["x"])
         wp.flush(), wh.flush()
     return root
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for the fault-injection tests (marked ``fault``): injected, survived, lost."""
+    reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "") == "call" and "fault" in getattr(r, "keywords", {})]
+    if reports:
+        survived = sum(r.passed for r in reports)
+        terminalreporter.write_line(f"faults: {len(reports)} injected, {survived} survived, "
+                                    f"{len(reports) - survived} lost")

@@ -37,6 +37,8 @@ from tests.conftest import lr_scene, make_export, run_train
 from tests.test_inference import HR_CH
 from tests.test_training import TINY
 
+pytestmark = pytest.mark.fault  # each test injects a fault: counted in the suite's 'faults:' line
+
 SLOT = dt.datetime(2024, 6, 1, 12)
 
 

@@ -19,6 +19,8 @@ from cloudsr_hpc.errors import ConfigError, InputError
 from cloudsr_hpc.schema import EvaluateConfig, InferConfig, PairsFile, StageConfig
 from tests.conftest import ROOT, make_export, run_cli
 
+pytestmark = pytest.mark.fault  # each test injects a fault: counted in the suite's 'faults:' line
+
 SLOTS = [dt.datetime(2024, 6, 1, 11, 0), dt.datetime(2024, 6, 1, 11, 15)]
 CHANNELS = ("VIS006", "VIS008", "IR_016", "IR_039", "IR_108")
 

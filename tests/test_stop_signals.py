@@ -18,6 +18,8 @@ from cloudsr_hpc.orchestration import campaign as cp
 from cloudsr_hpc.orchestration.ledger import Ledger
 from tests.conftest import ROOT, make_export, run_cli
 
+pytestmark = pytest.mark.fault  # each test injects a fault: counted in the suite's 'faults:' line
+
 SLOTS = [f"2024-06-01T11:{m:02d}:00" for m in (0, 15, 30, 45)]  # four of the archive's eight slots
 
 
@@ -54,7 +56,7 @@ def one_scene_ledger(tmp_path) -> Ledger:
     return led
 
 
-def test_a_scene_given_back_does_not_spend_an_attempt_and_a_lost_one_does(tmp_path):
+def test_a_scene_given_back_or_lost_does_not_spend_an_attempt_a_failure_does(tmp_path):
     led = one_scene_ledger(tmp_path)
     sc = led.claim("w1", max_attempts=2)
     assert sc.attempts == 1
@@ -65,8 +67,11 @@ def test_a_scene_given_back_does_not_spend_an_attempt_and_a_lost_one_does(tmp_pa
     led.claim("w2", max_attempts=2)
     assert led.release_lost(lambda o: False) == [s.slot]
     (s,) = led.scenes()
-    assert (s.state, s.attempts) == ("pending", 1)  # vanished without a word: it counts
+    assert (s.state, s.attempts) == ("pending", 0)  # a dead worker is not the scene's failure
     assert [a[4] for a in led.attempts()] == ["preempted", "lost"]
+    led.claim("w3", max_attempts=2)
+    assert led.fail(s.slot, "w3", "bad input", max_attempts=2) == "failed"
+    assert led.scenes()[0].attempts == 1
     led.set_cancelled(True)
     assert led.cancelled()
     led.set_cancelled(False)
@@ -166,6 +171,37 @@ def test_cancel_stops_local_workers_gives_the_scene_back_and_resume_finishes(cam
         verify_output(s.output)
         assert [a[4] for a in led.attempts(s.slot)].count("done") == 1
     led.close()
+
+
+ALL_SLOTS = [f"2024-06-01T{h:02d}:{m:02d}:00" for h in (11, 12) for m in (0, 15, 30, 45)]
+
+
+def test_workers_on_two_hosts_share_one_campaign_and_never_compute_twice(campaign_archive, tmp_path):
+    """Two workers on one campaign directory, one of them in its own UTS namespace (another host
+    name, as a second node would have): every scene is claimed by exactly one of them."""
+    model = make_export(tmp_path / "reg", stage="regression", base=8, mult=(1, 2))
+    root, name = tmp_path / "campaigns", "two"
+    sets = [a for s in ("stages=regression", f"regression_checkpoint={model}", "tile_lr=64", "overlap_lr=8",
+                        "chunk=128", "quicklook=false") for a in ("--set", s)]
+    made = run_cli("campaign", "--name", name, "--root", root, "--start", ALL_SLOTS[0], "--end",
+                   ALL_SLOTS[-1], "--archive", campaign_archive, "--workers", "0", *sets)
+    assert made.returncode == 0, made.stderr[-2000:]
+    worker = [sys.executable, "-m", "cloudsr_hpc.orchestration.worker", str(root / name)]
+    other = ["unshare", "--uts", "sh", "-c", 'hostname cloudsr-second-host && exec "$0" "$@"', *worker]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in (worker, other)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    led = Ledger(root / name / "ledger.sqlite")
+    try:
+        assert {s.state for s in led.scenes()} == {"done"}
+        for slot in ALL_SLOTS:
+            assert [a[4] for a in led.attempts(slot)] == ["done"], led.attempts(slot)
+        hosts = {cp.parse_owner(a[1])["host"] for a in led.attempts()}
+        assert hosts == {os.uname().nodename, "cloudsr-second-host"}, hosts
+    finally:
+        led.close()
 
 
 # ------------------------------------------------------------------------------------- infer

@@ -12,10 +12,11 @@ brings the ledger in line with the disk.
 
 Scene states: ``pending`` -> ``running`` -> ``done`` | ``failed`` (retried) | ``quarantined``
 (failed ``max_attempts`` times: reported, never blocks the rest) ; ``missing`` (no input in the
-archive for that slot: recorded, not attempted).  An attempt ends ``done``, ``failed``, ``lost``
-(its worker vanished: it counts against ``max_attempts``, so a scene that kills its worker is
-still quarantined) or ``preempted`` (its worker was told to stop -- cancel, preemption, time
-limit -- and gave the scene back: it does not count).
+archive for that slot: recorded, not attempted).  An attempt ends ``done``, ``failed`` (counts
+against ``max_attempts``), ``lost`` (its worker vanished: kill -9, a dead node, a task cancelled
+before it could answer) or ``preempted`` (its worker was told to stop -- cancel, preemption, time
+limit -- and gave the scene back).  Neither a lost nor a preempted claim is a failure of the
+scene: neither spends an attempt.
 """
 from __future__ import annotations
 
@@ -172,10 +173,10 @@ class Ledger:
                    (time.time(), state, error, slot, owner))
 
     def release_lost(self, is_alive) -> list[str]:
-        """Claims whose owner is gone (killed worker, cancelled task) go back to pending; their
-        attempt is recorded as ``lost`` and still counts.  ``is_alive(owner) -> bool`` is asked
-        *before* the write transaction (it may query the scheduler), once per owner; only claims
-        that still belong to a dead owner are then released."""
+        """Claims whose owner is gone (killed worker, dead node, cancelled task) go back to pending
+        without spending an attempt; the attempt is recorded as ``lost``.  ``is_alive(owner) ->
+        bool`` is asked *before* the write transaction (it may query the scheduler), once per
+        owner; only claims that still belong to a dead owner are then released."""
         running = self.db.execute("SELECT slot, owner FROM scenes WHERE state = 'running'").fetchall()
         dead = {o for o in {o for _, o in running} if not is_alive(o)}
         lost: list[str] = []
@@ -184,8 +185,8 @@ class Ledger:
         with self.transaction() as db:
             for slot, owner in running:
                 if owner in dead and db.execute(
-                        "UPDATE scenes SET state = 'pending', owner = NULL, error = ? "
-                        "WHERE slot = ? AND owner = ? AND state = 'running'",
+                        "UPDATE scenes SET state = 'pending', owner = NULL, error = ?, "
+                        "attempts = attempts - 1 WHERE slot = ? AND owner = ? AND state = 'running'",
                         (f"worker {owner} lost", slot, owner)).rowcount:
                     self._close_attempt(db, slot, owner, "lost", None)
                     lost.append(slot)
