@@ -12,8 +12,8 @@ scene lands in the output directory (plus a quicklook PNG); an existing output t
 kept unless ``--overwrite`` (cheaply: intact metadata and chunk index; ``--verify`` also decodes
 every chunk against its stored checksum), and its quicklook drawn if it has none.  Several
 scenes: a failing one is reported and the others still run.
-Time limits: SIGUSR1 (``slurm/infer.sh`` asks Slurm for it 60 s before the limit) stops the run at
-the next tile batch: the scene in hand is abandoned cleanly (no temporaries left), finished scenes
+Time limits: SIGUSR1 (``slurm/infer.sh`` asks Slurm for it 60 s before the limit) or SIGTERM
+(preemption, cancel) stops the run at the next tile batch: the scene in hand is abandoned cleanly (no temporaries left), finished scenes
 stay, and the run exits 75, on which ``slurm/infer.sh`` requeues the job to do the rest.
 Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line each on stderr),
 75 stopped by a signal (nothing lost: run it again).
@@ -94,7 +94,8 @@ def run(args) -> int:
     mine, scene_ranks = ((scenes[ranks.rank::ranks.size], Ranks()) if args.shard == "scenes"
                          else (scenes, ranks))
     pipe = ScenePipeline(cfg, reg, scene_ranks, args.out or cfg.out_dir, progress=not args.quiet)
-    signals.install(signal.SIGUSR1)  # Slurm's time-limit warning: stop cleanly, requeue the rest
+    # Slurm's time-limit warning (USR1) or a preemption/cancel (TERM): abandon the scene in hand cleanly
+    signals.install(signal.SIGUSR1, signal.SIGTERM)
     failures, left = 0, 0
     for i, sc in enumerate(mine):
         if scene_ranks.agree(signals.received()):

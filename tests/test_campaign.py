@@ -151,7 +151,7 @@ def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(cam
     hit = wait_for(lambda: running_claim_with_part(root, name), timeout=300, every=0.02)
     assert hit, "no worker reached the write phase"
     _, owner = hit
-    victim = int(owner.rsplit(":", 1)[1])
+    victim = int(parse_owner(owner)["pid"])
     os.kill(victim, signal.SIGKILL)  # kill -9 mid-write
     assert wait_for(lambda: not any(alive(p) for p in pids), timeout=600), "workers did not finish"
     out = root / name / "output"

@@ -108,9 +108,14 @@ def test_workers_of_one_allocation_have_distinct_owners_and_dead_ones_are_found(
     b = owner_of({"SLURM_JOB_ID": "77", "SLURM_PROCID": "1"})
     c = owner_of({"SLURM_JOB_ID": "77", "SLURM_PROCID": "0"})  # a local worker inside the same salloc
     assert len({a, b, c}) == 3 and all(o.startswith("slurm:77/") for o in (a, b, c))
-    assert cp.parse_owner(b)["proc"] == "1" and cp.parse_owner(a)["job"] == "77"
+    assert cp.parse_owner(b)["proc"].endswith(".1") and cp.parse_owner(a)["job"] == "77"
     # those processes have exited: on this host their pids say they are dead, whatever squeue says
     assert not cp.liveness()(a)
+    here = cp.owner_here()
+    assert cp.liveness()(here)  # this very process
+    o = cp.parse_owner(here)
+    reused = f"local:{o['host']}:{o['pid']}:{int(o['start']) + 1}"  # same pid, another process
+    assert not cp.liveness()(reused)
     # a requeued incarnation of the same task and rank declares its predecessor dead, not its sibling
     me = f"slurm:77/0@elsewhere:{os.getpid()}"
     other_host = "slurm:77/0@otherhost:1"

@@ -268,13 +268,17 @@ def retry(cdir: Path, states: tuple[str, ...]) -> list[str]:
 
 # ----------------------------------------------------------------------------- liveness
 def owner_here() -> str:
-    """Who is working, unique across nodes and processes: ``slurm:<job>[_<task>]/<procid>@<host>:<pid>``
-    under Slurm (several workers of one allocation -- ``srun -n 2``, or local workers inside
-    ``salloc`` -- differ by procid or pid), ``local:<host>:<pid>`` elsewhere."""
+    """Who is working, unique across nodes, processes and time:
+    ``slurm:<job>[_<task>]/<step>.<procid>@<host>:<pid>:<start>`` under Slurm (workers of one
+    allocation -- ``srun -n 2``, two steps, local workers inside ``salloc`` -- differ by step,
+    procid or pid), ``local:<host>:<pid>:<start>`` elsewhere; ``start`` is the kernel's start time
+    of the process, so a reused pid is never taken for the worker that held it."""
     host, pid = socket.gethostname(), os.getpid()
+    where = f"{host}:{pid}:{process_start(pid) or 0}"
     if "SLURM_JOB_ID" in os.environ:
-        return f"slurm:{slurm_job()}/{os.environ.get('SLURM_PROCID', '0')}@{host}:{pid}"
-    return f"local:{host}:{pid}"
+        step = os.environ.get("SLURM_STEP_ID", "batch")
+        return f"slurm:{slurm_job()}/{step}.{os.environ.get('SLURM_PROCID', '0')}@{where}"
+    return f"local:{where}"
 
 
 def slurm_job() -> str:
@@ -285,16 +289,16 @@ def slurm_job() -> str:
 
 
 def parse_owner(owner: str) -> dict:
-    """{"kind", "job", "proc", "host", "pid"} of an owner string (older ``slurm:<job>`` owners
-    have no proc/host/pid)."""
+    """{"kind", "job", "proc", "host", "pid", "start"} of an owner string (fields an older owner
+    string lacks are None)."""
     kind, _, rest = owner.partition(":")
-    if kind == "local":
-        host, _, pid = rest.rpartition(":")
-        return {"kind": kind, "job": None, "proc": None, "host": host, "pid": pid}
-    job, _, where = rest.partition("/")
-    proc, _, hostpid = where.partition("@")
-    host, _, pid = hostpid.rpartition(":")
-    return {"kind": kind, "job": job, "proc": proc or None, "host": host or None, "pid": pid or None}
+    job = proc = None
+    if kind != "local":
+        job, _, where = rest.partition("/")
+        proc, _, rest = where.partition("@")
+    host, pid, start = ([*rest.split(":"), None, None][:3] if rest else [None, None, None])
+    return {"kind": kind, "job": job, "proc": proc or None, "host": host or None, "pid": pid or None,
+            "start": None if start in (None, "", "0") else start}
 
 
 SLURM_GONE = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
@@ -337,8 +341,10 @@ def liveness(me: str | None = None):
         if not owner:
             return False
         o = parse_owner(owner)
-        if o["host"] == here and o["pid"] and o["pid"].isdigit() and not _pid_alive(int(o["pid"])):
-            return False
+        if o["host"] == here and o["pid"] and o["pid"].isdigit():
+            pid = int(o["pid"])
+            if not _pid_alive(pid) or (o["start"] and process_start(pid) != o["start"]):
+                return False  # gone, or its pid now belongs to another process
         if o["kind"] == "local":
             return True  # its pid lives (checked above), or it runs on another host
         if o["kind"] != "slurm":
