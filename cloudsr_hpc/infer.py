@@ -13,8 +13,9 @@ kept unless ``--overwrite`` (cheaply: intact metadata and chunk index; ``--verif
 every chunk against its stored checksum), and its quicklook drawn if it has none.  Several
 scenes: a failing one is reported and the others still run.
 Time limits: SIGUSR1 (``slurm/infer.sh`` asks Slurm for it 60 s before the limit) or SIGTERM
-(preemption, cancel) stops the run at the next tile batch: the scene in hand is abandoned cleanly (no temporaries left), finished scenes
-stay, and the run exits 75, on which ``slurm/infer.sh`` requeues the job to do the rest.
+(preemption, cancel) stops the run at the next tile batch: the scene in hand is abandoned
+cleanly (no temporaries left), finished scenes stay, and the run exits 75, on which
+``slurm/infer.sh`` requeues the job to do the rest.
 Exit codes: 0 all scenes done, 2 bad input/config or any scene failed (one line each on stderr),
 75 stopped by a signal (nothing lost: run it again).
 """
