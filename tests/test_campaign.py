@@ -136,6 +136,21 @@ def test_bad_campaign_input_fails_before_anything_is_submitted(campaign_archive,
 
 
 @pytest.mark.slow
+def test_default_executor_is_slurm_only_when_a_controller_answers(tmp_path, monkeypatch):
+    from cloudsr_hpc.orchestration.executors import default_executor
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "exit 0"), ("scontrol", "echo 'Slurmctld(primary) at vm is DOWN'; exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert default_executor() == "local"  # sbatch on PATH, nobody answering: not a cluster
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'Slurmctld(primary) at vm is UP'\n")
+    assert default_executor() == "slurm"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert default_executor() == "local"
+
+
 def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(campaign_archive, model,
                                                                              tmp_path):
     archive = tmp_path / "archive"

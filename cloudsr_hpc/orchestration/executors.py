@@ -33,7 +33,19 @@ JOBS_DIR = PROJECT_ROOT / "jobs"
 
 
 def default_executor() -> str:
-    return "slurm" if shutil.which("sbatch") else "local"
+    """Slurm when a controller answers (``scontrol ping``), else local -- said once, on stderr's
+    log: ``sbatch`` on PATH alone (a login node image, a stopped cluster) is not a cluster."""
+    if not shutil.which("sbatch"):
+        return "local"
+    try:
+        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        up = p.returncode == 0 and "UP" in p.stdout
+    except (OSError, subprocess.TimeoutExpired):
+        up = False
+    if not up:
+        log.warning("sbatch is on PATH but no Slurm controller answers (scontrol ping): running locally "
+                    "(--executor slurm to insist)")
+    return "slurm" if up else "local"
 
 
 def load_job(kind: str) -> JobDef:
