@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,17 @@ def campaign_archive(tmp_path_factory):
     run_cli("synth", "--pair", "seviri_viirs", "--start", "2024-06-01T11:00", "--end", "2024-06-01T12:45",
             "--archive", root, "--lr-only", check=True)
     return root
+
+
+def wait_for(pred, timeout=600, every=0.2):
+    """Poll ``pred`` until it returns something true (returned) or ``timeout`` s pass (None)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return None
 
 
 def run_train(config, shards, out, *sets, port=None, timeout=1200, wait=True):

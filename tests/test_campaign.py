@@ -4,7 +4,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from cloudsr_hpc.inference.pipeline import verify_output
 from cloudsr_hpc.orchestration.campaign import parse_owner
 from cloudsr_hpc.orchestration.ledger import Ledger
-from tests.conftest import make_export, run_cli
+from tests.conftest import make_export, run_cli, wait_for
 
 SLOTS = [f"2024-06-01T{h:02d}:{m:02d}:00" for h in (11, 12) for m in (0, 15, 30, 45)]
 
@@ -29,16 +28,6 @@ def infer_sets(model):
 
 def ledger_of(root, name):
     return Ledger(Path(root) / name / "ledger.sqlite")
-
-
-def wait_for(pred, timeout=600, every=0.2):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    return None
 
 
 def alive(pid: int) -> bool:

@@ -16,21 +16,11 @@ import pytest
 from cloudsr_hpc.inference.pipeline import verify_output
 from cloudsr_hpc.orchestration import campaign as cp
 from cloudsr_hpc.orchestration.ledger import Ledger
-from tests.conftest import ROOT, make_export, run_cli
+from tests.conftest import ROOT, make_export, run_cli, wait_for
 
 pytestmark = pytest.mark.fault  # each test injects a fault: counted in the suite's 'faults:' line
 
 SLOTS = [f"2024-06-01T11:{m:02d}:00" for m in (0, 15, 30, 45)]  # four of the archive's eight slots
-
-
-def wait_for(pred, timeout=300, every=0.05):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +142,7 @@ def test_cancel_stops_local_workers_gives_the_scene_back_and_resume_finishes(cam
     assert start.returncode == 0, start.stderr[-2000:]
     pids = [int(j) for j in json.loads(start.stdout.strip().splitlines()[-1])["jobs"]]
     out = root / name / "output"
-    assert wait_for(lambda: any(p.name.endswith(".part") for p in out.glob(".*")), timeout=300)
+    assert wait_for(lambda: any(p.name.endswith(".part") for p in out.glob(".*")), timeout=300, every=0.05)
     t0 = time.time()
     cancel = run_cli("cancel", name, "--root", root)
     assert cancel.returncode == 0, cancel.stderr[-2000:]
@@ -219,7 +209,7 @@ def test_sigusr1_stops_infer_cleanly_and_a_rerun_does_the_rest(campaign_archive,
     out = tmp_path / "out"
     proc = subprocess.Popen(infer_cmd(campaign_archive, out, slow_model), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: any(p.name.endswith(".part") for p in out.glob(".*")), timeout=300)
+    assert wait_for(lambda: any(p.name.endswith(".part") for p in out.glob(".*")), timeout=300, every=0.05)
     proc.send_signal(signal.SIGUSR1)  # what --signal=USR1@60 sends before the time limit
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-2000:]

@@ -128,36 +128,38 @@ def _steps(d: ResShift, progress: bool):
     return trange(d.steps, 0, -1, disable=not progress, desc="sampling")
 
 
+def _run(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource, progress: bool,
+         step) -> torch.Tensor:
+    """From x_T = y + kappa sqrt(eta_T) eps down to t = 1: predict x0_hat, then (t > 1)
+    ``step(x_t, x0_hat, t) -> x_{t-1}``; returns the last x0_hat."""
+    x = d.prior_sample(y, noise(d.steps))
+    x0 = x
+    for t in _steps(d, progress):
+        tt = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
+        x0 = denoise(x, y, tt)
+        if t > 1:
+            x = step(x, x0, tt)
+    return x0
+
+
 def _ancestral(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
                progress: bool) -> torch.Tensor:
     """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) from t = T to 1.  With T = 1 this is exactly one
     x0-prediction from x_1 = y + kappa sqrt(eta_1) eps."""
-    x = d.prior_sample(y, noise(d.steps))
-    n = y.shape[0]
-    x0 = x
-    for t in _steps(d, progress):
-        tt = torch.full((n,), t, dtype=torch.long, device=y.device)
-        x0 = denoise(x, y, tt)
-        if t > 1:
-            mean, var = d.posterior(x, x0, tt)
-            x = mean + var.sqrt() * noise(t - 1)
-    return x0
+    def step(x, x0, tt):
+        mean, var = d.posterior(x, x0, tt)
+        return mean + var.sqrt() * noise(int(tt[0]) - 1)
+    return _run(d, denoise, y, noise, progress, step)
 
 
 def _ddim(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
           progress: bool) -> torch.Tensor:
     """Deterministic after the prior: the noise implied by x_t and x0_hat is carried to t - 1."""
-    x = d.prior_sample(y, noise(d.steps))
-    n = y.shape[0]
-    x0 = x
-    for t in _steps(d, progress):
-        tt = torch.full((n,), t, dtype=torch.long, device=y.device)
-        x0 = denoise(x, y, tt)
-        if t > 1:
-            eta, prev = d._at(d.eta, tt, x), d._at(d.eta_prev, tt, x)
-            eps = (x - x0 - eta * (y - x0)) / (d.kappa * eta.sqrt())
-            x = x0 + prev * (y - x0) + d.kappa * prev.sqrt() * eps
-    return x0
+    def step(x, x0, tt):
+        eta, prev = d._at(d.eta, tt, x), d._at(d.eta_prev, tt, x)
+        eps = (x - x0 - eta * (y - x0)) / (d.kappa * eta.sqrt())
+        return x0 + prev * (y - x0) + d.kappa * prev.sqrt() * eps
+    return _run(d, denoise, y, noise, progress, step)
 
 
 def _one_step(d: ResShift, denoise: Denoiser, y: torch.Tensor, noise: NoiseSource,
