@@ -213,7 +213,7 @@ def test_row12_rebuild_counts_done_only_verified_outputs(tmp_path, archive, mode
     threads = torch.get_num_threads()
     try:
         # 11:00, really computed
-        assert cp.work(cdir, owner="local:test:1", limit=1) == {"done": 1, "failed": 0}
+        assert cp.work(cdir, owner="local:test:1", limit=1) == {"done": 1, "failed": 0, "preempted": 0}
     finally:
         torch.set_num_threads(threads)  # the campaign's cpu_threads=1 must not slow the rest of the session
     led = Ledger(cdir / "ledger.sqlite")
