@@ -251,6 +251,27 @@ def test_disk_full_gives_one_error_line_and_no_file(models, tmp_path):
             subprocess.run(["umount", str(full)])
 
 
+def test_read_only_file_system_gives_one_error_line_and_no_file(models, scene, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        ro.chmod(0o555)  # not root: a directory we may not write to
+    try:
+        p = run_infer("--input", scene, "--out", ro, *sets(*model_sets(models), "tile_lr=32", "overlap_lr=8",
+                                                         "chunk=64"))
+        assert p.returncode == 2, p.stderr[-2000:]
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and str(ro) in errors[0] and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert list(ro.iterdir()) == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)])
+        else:
+            ro.chmod(0o755)
+
+
 @pytest.mark.parametrize("case", ["missing", "truncated", "channels", "checkpoint"])
 def test_bad_input_is_one_clear_error_and_no_output(models, scene, tmp_path, case):
     args = ["--input", scene]
