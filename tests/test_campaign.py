@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloudsr_hpc.inference.pipeline import verify_output
-from cloudsr_hpc.orchestration.campaign import parse_owner
+from cloudsr_hpc.orchestration.campaign import _pid_alive, parse_owner
 from cloudsr_hpc.orchestration.ledger import Ledger
 from tests.conftest import make_export, run_cli, wait_for
 
@@ -28,17 +28,6 @@ def infer_sets(model):
 
 def ledger_of(root, name):
     return Ledger(Path(root) / name / "ledger.sqlite")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def running_claim_with_part(root, name):
@@ -157,7 +146,7 @@ def test_local_campaign_survives_a_killed_worker_and_quarantines_a_bad_scene(cam
     _, owner = hit
     victim = int(parse_owner(owner)["pid"])
     os.kill(victim, signal.SIGKILL)  # kill -9 mid-write
-    assert wait_for(lambda: not any(alive(p) for p in pids), timeout=600), "workers did not finish"
+    assert wait_for(lambda: not any(_pid_alive(p) for p in pids), timeout=600), "workers did not finish"
     out = root / name / "output"
     st = run_cli("status", name, "--root", root, "--json")
     counts = json.loads(st.stdout)["counts"]

@@ -363,12 +363,6 @@ def liveness(me: str | None = None):
     return alive
 
 
-def is_alive(owner: str | None) -> bool:
-    """Whether a claim's owner can still finish it (one squeue call per question; prefer
-    :func:`liveness` for many owners)."""
-    return liveness()(owner)
-
-
 def _not_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
