@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .cli import guarded, setup_logging
 from .config import load
+from .errors import ConfigError
 from .schema import EvaluateConfig
 
 log = logging.getLogger("cloudsr_hpc.evaluate")
@@ -34,30 +35,78 @@ def perceptual_metric(cfg: EvaluateConfig):
                                   "computed with an UNOFFICIAL backbone (staged with --allow-unofficial)")
 
 
-def run(cfg: EvaluateConfig, out_dir: str | Path, hr: str | None = None, scale: int | None = None) -> dict:
-    from .data.sensors import load_registry
-    from .evaluation.protocol import evaluate_pairs, evaluate_scene, load_methods
-    from .evaluation.report import write_report
-    registry = load_registry()
+def _methods(cfg: EvaluateConfig) -> tuple[dict, dict]:
+    """The learned methods and the reference stage meta; ``cfg.pair`` set from the checkpoints,
+    which say what they super-resolve."""
+    from .evaluation.protocol import load_methods
     methods, ref = load_methods(cfg)
     pair = ref.get("pair") or ref.get("config", {}).get("data", {}).get("pair") or cfg.pair
-    if pair != cfg.pair:  # the checkpoints say what they super-resolve
+    if pair != cfg.pair:
         log.info("evaluate: pair %s from the checkpoints (config says %s)", pair, cfg.pair)
         cfg.pair = pair
-    perceptual, label, note = perceptual_metric(cfg)
+    return methods, ref
+
+
+def _evaluation(cfg: EvaluateConfig, methods: dict, ref: dict, hr: str | None, scale: int | None,
+                perceptual=None):
+    from .data.sensors import load_registry
+    from .evaluation.protocol import evaluate_pairs, evaluate_scene
+    registry = load_registry()
     if hr:
-        ev = evaluate_scene(cfg, methods, ref, registry, hr, scale, perceptual)
-        title = f"Self-supervised evaluation on {Path(hr).name} ({cfg.pair})"
-    else:
-        ev = evaluate_pairs(cfg, methods, registry, perceptual)
-        title = f"Held-out {cfg.pair} pairs"
+        return evaluate_scene(cfg, methods, ref, registry, hr, scale, perceptual)
+    return evaluate_pairs(cfg, methods, registry, perceptual)
+
+
+def run(cfg: EvaluateConfig, out_dir: str | Path, hr: str | None = None, scale: int | None = None) -> dict:
+    from .evaluation.report import write_report
+    methods, ref = _methods(cfg)
+    perceptual, label, note = perceptual_metric(cfg)
+    ev = _evaluation(cfg, methods, ref, hr, scale, perceptual)
+    title = (f"Self-supervised evaluation on {Path(hr).name} ({cfg.pair})" if hr
+             else f"Held-out {cfg.pair} pairs")
     ev.lpips_label, ev.lpips_note = label, note
+    if cfg.calibration:
+        ev.info["spread_calibration"] = str(Path(cfg.calibration).resolve())
     paths = write_report(ev, out_dir, title, cfg.fss.table_window, cfg.pair)
     print(Path(paths["markdown"]).read_text())
     res = {"outputs": paths, "overall": {m: s["overall"] for m, s in ev.scores.items()}}
     if ev.ensemble:
         res["ensemble"] = {m: e["overall"] for m, e in ev.ensemble.items()}
     return res
+
+
+def calibrate(cfg: EvaluateConfig, out: str | Path, hr: str | None = None, scale: int | None = None) -> dict:
+    """Fit the spread inflation of every stochastic method of ``cfg.methods`` on ``cfg.pairs`` (or an
+    ``hr`` scene): draw its ``cfg.members``-member ensemble there, take each channel's spread/skill,
+    α = 1 / spread/skill, and write the calibration JSON (:mod:`cloudsr_hpc.models.calibration`).
+    Fit it on pairs the evaluation never sees (the training split, or a split of its own)."""
+    from .models import calibration
+    if cfg.members < 2:
+        raise ConfigError(f"evaluate.members: {cfg.members}; a spread calibration needs an ensemble (>= 2)")
+    if cfg.calibration:
+        raise ConfigError("evaluate.calibration: must be empty while fitting one")
+    cfg.lpips = False  # only the ensemble's second moment is needed
+    cfg.methods = [m for m in cfg.methods if m != "bicubic"]
+    methods, ref = _methods(cfg)
+    methods = {m: c for m, c in methods.items() if c.stochastic}
+    if not methods:
+        raise ConfigError(f"evaluate.methods: {cfg.methods} has no stochastic method to calibrate")
+    cfg.methods = list(methods)
+    ev = _evaluation(cfg, methods, ref, hr, scale)
+    source = str(Path(hr).resolve()) if hr else str(Path(cfg.pairs).resolve())
+    cals = []
+    for name, meth in methods.items():
+        e = ev.ensemble[name]
+        fitted = {"source": source, "members": cfg.members, "seed": cfg.seed,
+                  "pixels": e["overall"]["pixels"], "spread_skill_overall": e["overall"]["spread_skill"]}
+        cals.append(calibration.fit(name, meth, {c: v["spread_skill"] for c, v in e["channels"].items()},
+                                    fitted))
+        log.info("calibrate %s: spread/skill %s -> inflation %s", name,
+                 " ".join(f"{c}={v['spread_skill']:.3f}" for c, v in e["channels"].items()),
+                 " ".join(f"{a:.3f}" for a in cals[-1].inflation))
+    path = calibration.save(out, cals)
+    return {"calibration": str(path), "methods": {c.method: dict(zip(c.channels, c.inflation, strict=True))
+                                                  for c in cals}}
 
 
 def main(argv: list[str] | None = None) -> int:

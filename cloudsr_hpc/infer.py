@@ -1,7 +1,7 @@
 """``python -m cloudsr_hpc.infer``: super-resolve scenes with the trained cascade.
 
     python -m cloudsr_hpc.infer --input FILE... [--out DIR] [--stages 1|2|cascade|regression]
-    python -m cloudsr_hpc.infer --input FILE... --members 8 [--keep-members]   # ensemble mean + spread
+    python -m cloudsr_hpc.infer --input FILE... --members 8 [--keep-members] [--calibration F]  # mean, spread
     python -m cloudsr_hpc.infer --date 2024-06-01T12:00 [--end ... ] [--archive DIR] [--out DIR]
     mpiexec -n 4 python -m cloudsr_hpc.infer --date ...            # ranks share each scene (row bands)
     mpiexec -n 4 python -m cloudsr_hpc.infer --date A --end B --shard scenes   # ranks take whole scenes
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "> 1 writes the mean and standard deviation of each channel")
     ap.add_argument("--keep-members", action="store_true",
                     help="with --members N: also write every member along a 'member' dimension")
+    ap.add_argument("--calibration", metavar="FILE",
+                    help="with --members N: inflate the spread by the factors 'submit calibrate' fitted "
+                         "for these exports (default: infer.calibration)")
     ap.add_argument("--shard", choices=["bands", "scenes"], default="bands",
                     help="MPI: ranks share every scene by row bands, or each rank takes whole scenes")
     ap.add_argument("--overwrite", action="store_true", help="redo scenes whose output already exists")
@@ -73,6 +76,7 @@ def run(args) -> int:
     sets = list(args.set) + ([f"stages={args.stages}"] if args.stages else [])
     sets += ([f"members={args.members}"] if args.members is not None else [])
     sets += ["keep_members=true"] if args.keep_members else []
+    sets += [f"calibration={Path(args.calibration).resolve()}"] if args.calibration else []
     cfg = load(InferConfig, args.config, sets)
     ranks = world()
     if ranks.rank:

@@ -184,6 +184,7 @@ class InferConfig:
     quicklook: bool = True
     members: int = 1  # ensemble members per scene (> 1: mean and standard deviation written per channel)
     keep_members: bool = False  # with members > 1: also every member, along a ``member`` dimension
+    calibration: str = ""  # with members > 1: spread inflation fitted by ``submit calibrate`` ("" = none)
     stage1_checkpoint: str = "runs/stage1/export/model.pt"
     stage2_checkpoint: str = "runs/stage2/export/model.pt"
     regression_checkpoint: str = "runs/regression/export/model.pt"
@@ -232,6 +233,7 @@ class EvaluateConfig:
     # "": each diffusion stage's stored diffusion.sampler; else a SAMPLERS name for every diffusion stage
     sampler: str = ""
     members: int = 1  # ensemble members per stochastic method (> 1: CRPS, spread-skill, rank histogram)
+    calibration: str = ""  # spread inflation (``submit calibrate``) for the methods it was fitted for
     data_range: float = 2.0  # PSNR/SSIM range in normalised units ([-1, 1])
     spectrum_tile: int = 128  # HR tile side for Welch-averaged spectra (and LPIPS tiles)
     fss: FSSConfig = field(default_factory=FSSConfig)

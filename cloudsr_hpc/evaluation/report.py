@@ -87,6 +87,11 @@ def ensemble_markdown(ev: Evaluation) -> list[str]:
               "ensemble mean (Fortin et al. 2014; < 1 under-dispersive, > 1 over-dispersive). Outside: "
               "fraction of pixels whose truth ranks below or above every member (the rank histogram's end "
               "bins, ties broken at random; rank_histogram.png)."]
+    for name, alpha in ev.calibration.items():
+        lines.append(f"\n{LABELS.get(name, name)}: members inflated about their mean by "
+                     + ", ".join(f"{c} ×{a:.2f}" for c, a in alpha.items())
+                     + f" (spread calibration {ev.info.get('spread_calibration', '')}, fitted by "
+                     "`submit calibrate`); the ensemble mean is unchanged.")
     return lines
 
 
@@ -237,7 +242,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, title: str, table_window: 
     doc = {"protocol": ev.protocol, "info": ev.info, "scale": ev.scale, "channels": ev.channels,
            "lpips": ev.lpips_label, "lpips_note": ev.lpips_note, "scores": ev.scores}
     if ev.ensemble:
-        doc["ensemble"] = {"members": ev.members, "methods": ev.ensemble}
+        doc["ensemble"] = {"members": ev.members, "methods": ev.ensemble, "calibration": ev.calibration}
     write_text_atomic(paths["json"], json.dumps(_finite(doc), indent=1) + "\n")
     paths["grad_ratio"] = plot_grad_ratio(ev, out / "grad_ratio.png")
     paths["spectra"] = plot_spectra(ev, out / "spectra.png")

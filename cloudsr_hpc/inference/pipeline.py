@@ -32,6 +32,7 @@ from ..data.geometry import GeosGrid
 from ..data.scene import channel_attrs, history_line, read_scene, scene_grid, scene_time
 from ..data.sensors import Registry
 from ..errors import CloudSRError, ConfigError, InputError, Interrupted, OutputError, one_line
+from ..models.calibration import attach
 from ..models.cascade import Cascade, Stage
 from ..schema import InferConfig
 from .mpi import Ranks
@@ -191,9 +192,23 @@ class ScenePipeline:
         if cfg.members > 1 and not self.cascade.stochastic:
             raise ConfigError(f"infer.members: {cfg.members} members of a deterministic model ({cfg.stages}) "
                               "would all be equal; use 1")
+        self.calibration = self._calibration()
         self.runner = TileRunner(self.cascade, self.device, cfg.batch_size, cfg.precision, cfg.compile,
                                  cfg.members, cfg.keep_members)
         self.blend = self._blend()
+
+    def _calibration(self) -> dict:
+        """Output attributes of the spread calibration (``infer.calibration``), attached to the cascade."""
+        if not self.cfg.calibration:
+            return {}
+        if self.cfg.members < 2:
+            raise ConfigError(f"infer.calibration: {self.cfg.calibration} inflates ensemble spread; it needs "
+                              "infer.members >= 2 (a single member has no mean to inflate about)")
+        cal = attach(self.cascade, self.cfg.calibration, "infer.calibration")
+        return {"ensemble_spread_inflation": " ".join(f"{c}={a:.4g}" for c, a in
+                                                      zip(cal.channels, cal.inflation, strict=True)),
+                "ensemble_calibration": f"{Path(self.cfg.calibration).resolve()} sha256:"
+                                        f"{sha256(self.cfg.calibration)}"}
 
     def _blend(self) -> Blend:
         overlap_hr = self.cfg.overlap_lr * self.scale
@@ -234,6 +249,7 @@ class ScenePipeline:
             "model_sha256": ";".join(st.meta.get("sha256", "") for st in self.cascade.stages),
             "infer_config": dump_yaml(self.cfg), "cloudsr_hpc_version": __version__,
             "ensemble_members": self.cfg.members, "ensemble_keep_members": int(self.cfg.keep_members),
+            **self.calibration,
             "date_created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             **{k: v for k, v in scene.grid.scaled(self.scale).to_attrs().items()}, **extra}
         return OutputSpec(chans, {c: channel_attrs(hr_sensor, c) for c in chans},

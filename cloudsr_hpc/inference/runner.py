@@ -13,7 +13,9 @@ the members themselves.  Variance rather than standard deviation is blended acro
 and the square root taken when the rows are written.  With exact tiling (the overlap covers the
 receptive margin, the default) both tiles hold the same members there, so this is the members'
 own spread; in an approximate Hann ramp it is the weighted mean of the two tiles' variances.
-Memory grows with N only for the kept members, by the tile batch, never by the scene.
+Memory grows with N only for the kept members, by the tile batch, never by the scene.  A calibrated
+cascade (``spread_inflation``, :mod:`cloudsr_hpc.models.calibration`) has its variance scaled by α²
+and its kept members inflated about the same mean; the mean itself is untouched.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core import signals
+from ..models.calibration import inflate
 from ..models.cascade import Cascade
 from .tiling import Tile
 
@@ -113,5 +116,11 @@ class TileRunner:
             delta = p - mean
             mean += delta / (k + 1)
             m2 += delta * (p - mean)
-        planes = [mean.astype(np.float32), (m2 / (self.members - 1)).astype(np.float32), *kept]
+        var = m2 / (self.members - 1)
+        alpha = getattr(self.cascade, "spread_inflation", None)
+        if alpha is not None:  # calibrated spread: anomalies scaled by alpha, the mean as it is
+            var *= alpha.reshape(1, -1, 1, 1) ** 2
+            if kept:
+                kept = list(inflate(np.stack(kept).astype(np.float64), alpha, 2).astype(np.float32))
+        planes = [mean.astype(np.float32), var.astype(np.float32), *kept]
         return np.concatenate(planes, axis=1), hr_mask

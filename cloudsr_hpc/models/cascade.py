@@ -119,6 +119,8 @@ class Cascade:
             raise InputError(f"stages disagree on channels: {sorted(chans)}")
         self.stages, self.seed = stages, seed
         self.scale = int(stages[0].meta["scale"])
+        # per-channel inflation of ensemble members about their mean (models.calibration.attach)
+        self.spread_inflation = None
 
     @property
     def lr_channels(self) -> list[str]:
