@@ -433,6 +433,7 @@ DEMO_MODEL = ["model.base_channels=16", "model.channel_mult=[1,2]", "diffusion.s
 DEMO_STEPS = 150
 REAL_DEMO_BBOX = [-160.0, 30.0, -147.0, 42.0]
 DEMO_MEMBERS = 8  # the demo evaluation's ensemble size (scores of the ensemble beside member 0)
+DEMO_CALIBRATION_PAIRS = 256  # train pairs the demo fits the ensemble's spread inflation on
 REAL_DEMO_STEPS = 1200  # the real-data demo (configs/stage2_abi.yaml, regression_abi.yaml): see README
 
 
@@ -453,12 +454,23 @@ def _train_demo_models(runs: Path, shards: Path, models: list[tuple[str, str, li
     return {name: runs / name / "export" / "model.pt" for name, _, _ in models}
 
 
-def _demo_evaluation(root: Path, pair: str, val: Path, seed: int, ck: dict[str, Path],
-                     extra: list[str] = ()) -> Path:
+def _demo_evaluation(root: Path, pair: str, shards: Path, seed: int, ck: dict[str, Path],
+                     extra: list[str] = (), members: int = 1) -> Path:
+    """Score the held-out ``val`` split; with an ensemble, its spread calibrated first on (at most
+    DEMO_CALIBRATION_PAIRS of) the ``train`` split, which the evaluation never sees."""
+    from .evaluate import calibrate
     from .evaluate import run as evaluate
     from .schema import EvaluateConfig
-    cfg = load(EvaluateConfig, "evaluate.yaml", [f"pair={pair}", f"pairs={val}", f"seed={seed}", *extra,
-                                                  *(f"{k}_checkpoint={v}" for k, v in ck.items())])
+    sets = [f"pair={pair}", f"seed={seed}", f"members={members}", *extra,
+            *(f"{k}_checkpoint={v}" for k, v in ck.items())]
+    if members > 1:
+        cal = root / "evaluation" / "calibration.json"
+        if not cal.exists():
+            calibrate(load(EvaluateConfig, "evaluate.yaml", sets + [f"pairs={shards / 'train'}",
+                                                                    f"max_pairs={DEMO_CALIBRATION_PAIRS}"]),
+                      cal)
+        sets.append(f"calibration={cal}")
+    cfg = load(EvaluateConfig, "evaluate.yaml", sets + [f"pairs={shards / 'val'}"])
     return Path(evaluate(cfg, root / "evaluation")["outputs"]["markdown"])
 
 
@@ -496,7 +508,7 @@ def cmd_demo(args) -> int:
                "--set", "overlap_lr=16", "--set", "chunk=256"])
     if rc:
         return rc
-    table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck, [f"members={args.members}"])
+    table = _demo_evaluation(root, args.pair, shards, args.seed, ck, members=args.members)
     print(json.dumps({"archive": str(archive), "shards": str(shards),
                       "models": {k: str(v) for k, v in ck.items()},
                       "outputs": str(root / "campaigns" / "demo" / "output"), "evaluation": str(table.parent),
@@ -548,9 +560,8 @@ def demo_real(args) -> int:
                "--set", "chunk=512"]
         if subprocess.run(cmd).returncode:
             raise CloudSRError("demo: inference of the real scene failed (see the log above)")
-    table = _demo_evaluation(root, args.pair, shards / "val", args.seed, ck,
-                             ["methods=[bicubic,regression,stage2]", "spectrum_tile=64",
-                              f"members={args.members}"])
+    table = _demo_evaluation(root, args.pair, shards, args.seed, ck,
+                             ["methods=[bicubic,regression,stage2]", "spectrum_tile=64"], args.members)
     print(json.dumps({"archive": str(archive), "shards": str(shards),
                       "models": {k: str(v) for k, v in ck.items()},
                       "scene": str(scene), "outputs": str(infer_dir), "evaluation": str(table.parent)}))

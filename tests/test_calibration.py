@@ -92,3 +92,22 @@ def test_inflate_keeps_the_mean_and_scales_the_anomalies():
     yt = calibration.inflate(torch.from_numpy(x), a, 2)
     np.testing.assert_allclose(yt.numpy(), y, rtol=1e-6, atol=1e-6)
     assert calibration.inflate(x, None, 2) is x
+
+
+def test_the_demo_fits_on_train_and_scores_val_calibrated(setup, tmp_path):  # noqa: F811
+    """The demo's evaluation: calibration fitted on ``train`` (never on ``val``), then ``val`` scored."""
+    import shutil
+
+    from cloudsr_hpc.submit import _demo_evaluation
+    d, models = setup
+    shards = tmp_path / "pairs"
+    shutil.copytree(d / "val", shards / "train")
+    shutil.copytree(d / "val", shards / "val")
+    md = _demo_evaluation(tmp_path, "seviri_viirs", shards, 0, models,
+                          ["lpips=false", "spectrum_tile=32", "batch_size=4"], members=3)
+    fitted = json.loads((tmp_path / "evaluation" / "calibration.json").read_text())
+    assert all(m["fitted"]["source"] == str(shards / "train") for m in fitted["methods"])
+    doc = json.loads(md.with_name("metrics.json").read_text())
+    assert doc["info"]["source"] == str(shards / "val")
+    assert doc["info"]["spread_calibration"] == str(tmp_path / "evaluation" / "calibration.json")
+    assert "members inflated about their mean by" in md.read_text()
