@@ -178,6 +178,9 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     sep = "." if where and not where.endswith(": ") else ""
+    migrate = getattr(cls, "migrate", None)  # renamed/moved keys of older files -> today's, before checking
+    if migrate is not None:
+        data = migrate(dict(data), f"{where}{sep}")
     for key in data:
         if key not in fields:
             raise ConfigError(f"{where}{sep}{key}: unknown key (known: {', '.join(sorted(fields))})")

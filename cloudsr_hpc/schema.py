@@ -1,10 +1,13 @@
 """The shapes of the YAML files under ``configs/`` (validated by :mod:`cloudsr_hpc.config`)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import check_ranges, require
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,15 +115,35 @@ class DiffusionConfig:
     # x_T -> x_0: a name in cloudsr_hpc.models.diffusion.SAMPLERS (ancestral | ddim | one_step), checked
     # there; infer.sampler / evaluate.sampler override it without retraining
     sampler: str = "ancestral"
-    grad_loss_weight: float = 0.0
-    spectral_loss_weight: float = 0.0
+
+    @staticmethod
+    def migrate(data: dict, prefix: str) -> dict:
+        """Exports written before ``loss:`` store the training loss weights here: they say nothing
+        about sampling, so they are dropped (a stage config moves them first, see StageConfig)."""
+        for old in LOSS_KEYS_MOVED:
+            if data.pop(old, None) is not None:
+                log.debug("%s%s: training-only (moved to loss:), ignored", prefix, old)
+        return data
 
     def validate(self, where):
         require(bool(self.sampler), where, "sampler must name a sampler (e.g. ancestral)")
         require(1 <= self.steps <= 15, where, "steps must be between 1 and 15")
         require(0 < self.eta_min < self.eta_max < 1, where, "need 0 < eta_min < eta_max < 1")
-        check_ranges(where, self, kappa="> 0", power="> 0", grad_loss_weight=">= 0",
-                     spectral_loss_weight=">= 0")
+        check_ranges(where, self, kappa="> 0", power="> 0")
+
+
+# diffusion.<old> -> loss.<new> (moved out of DiffusionConfig: the regression baseline trains with them too)
+LOSS_KEYS_MOVED = {"grad_loss_weight": "grad_weight", "spectral_loss_weight": "spectral_weight"}
+
+
+@dataclass
+class LossConfig:
+    """Training loss: masked MSE on x0 + the weighted terms of :mod:`cloudsr_hpc.training.losses`."""
+    grad_weight: float = 0.0  # L1 between finite differences (gradient preservation)
+    spectral_weight: float = 0.0  # L1 between log amplitude spectra
+
+    def validate(self, where):
+        check_ranges(where, self, grad_weight=">= 0", spectral_weight=">= 0")
 
 
 @dataclass
@@ -157,8 +180,31 @@ class StageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     init_from: str | None = None
+
+    @staticmethod
+    def migrate(data: dict, prefix: str) -> dict:
+        """``diffusion.grad_loss_weight`` / ``spectral_loss_weight`` (before ``loss:``) -> ``loss.*``,
+        with a deprecation line; both the old and the new key given is refused."""
+        diff = data.get("diffusion")
+        if not isinstance(diff, dict) or not any(k in diff for k in LOSS_KEYS_MOVED):
+            return data
+        diff = data["diffusion"] = dict(diff)
+        loss = data.get("loss")
+        loss = data["loss"] = dict(loss) if isinstance(loss, dict) else {} if loss is None else loss
+        for old, new in LOSS_KEYS_MOVED.items():
+            if old not in diff:
+                continue
+            value = diff.pop(old)
+            if not isinstance(loss, dict):
+                continue  # a malformed loss: section is reported by build
+            require(new not in loss, f"{prefix}diffusion.{old}",
+                    f"moved to loss.{new}, which is given too: keep only loss.{new}")
+            log.warning("%sdiffusion.%s is deprecated: read as loss.%s (move it there)", prefix, old, new)
+            loss[new] = value
+        return data
 
 
 @dataclass

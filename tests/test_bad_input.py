@@ -2,6 +2,7 @@
 import datetime as dt
 import shutil
 
+import h5py
 import netCDF4
 import numpy as np
 import pytest
@@ -116,14 +117,47 @@ def test_bad_dates(cli, tmp_path):
     _assert_one_line_error(proc, "is before --start")
 
 
+def _viirs_over_grid(arch, when):
+    """A small VIIRS granule (25 scans x 900 px, uniform fields) over GRID, ``when``."""
+    from cloudsr_hpc.data.synthetic.formats.viirs import viirs_swath_lonlat, write_viirs_l1b
+    lon0, lat0 = (float(np.ravel(v)[0]) for v in GRID.window(24, 32, 1, 1).lonlat())
+    lon, lat = viirs_swath_lonlat(lon0, lat0, -12.0, 25, 900)
+    fields = {c: np.full(lon.shape, 250.0 if c in ("I04", "I05") else 30.0, np.float32)
+              for c in ("I01", "I02", "I03", "I04", "I05")}
+    return write_viirs_l1b(arch / "viirs", lon, lat, fields, when)
+
+
 def test_pairs_skips_a_corrupt_scene_and_records_it(tmp_path):
-    """A corrupt file among good ones: the run goes on and the failure is recorded."""
+    """A corrupt file among good ones: it is read (its slot has an HR match), the run goes on with
+    the good slot and the failure is recorded, naming the file."""
+    from cloudsr_hpc.data.pairs import PairBuilder
+    from cloudsr_hpc.schema import PairsConfig
+    pair = REG.pair("seviri_viirs")
+    arch, slots = tmp_path / "archive", (T, T + dt.timedelta(minutes=15))
+    lr = [write_seviri_nc(arch / "seviri", GRID, _fields(channels=tuple(pair.lr_channels)), t)[0]
+          for t in slots]
+    for t in slots:
+        _viirs_over_grid(arch, t + dt.timedelta(minutes=4))
+    lr[0].write_bytes(lr[0].read_bytes()[:2000])  # truncated LR of the first slot
+    b = PairBuilder(REG, pair, arch, tmp_path / "out", PairsConfig())
+    assert [m[0].files for m in b.matches()] == [[lr[0]], [lr[1]]]  # both slots are paired, so read
+    stats = b.run()
+    assert len(stats.skipped) == 1 and lr[0].name in stats.skipped[0] and "reader failed" in stats.skipped[0]
+    assert stats.slots == 1 and stats.pairs > 0  # the good slot
+    times = set()
+    for shard in (tmp_path / "out").rglob("pairs-*.h5"):
+        with h5py.File(shard) as f:
+            times |= {t.decode() for t in f["time"][:]}
+    assert times == {slots[1].isoformat()}
+
+
+def test_pairs_without_an_hr_match_is_one_error(tmp_path):
+    """An LR scene with no HR within the time tolerance: nothing to pair, one clear error."""
     from cloudsr_hpc.data.pairs import PairBuilder
     from cloudsr_hpc.schema import PairsConfig
     pair = REG.pair("seviri_viirs")
     arch = tmp_path / "archive"
-    f = write_seviri_nc(arch, GRID, _fields(), T)[0]
-    f.write_bytes(f.read_bytes()[:2000])  # truncated LR, and no VIIRS at all
+    write_seviri_nc(arch, GRID, _fields(), T)  # and no VIIRS at all
     b = PairBuilder(REG, pair, arch, tmp_path / "out", PairsConfig())
     assert b.matches() == []  # no HR within tolerance: nothing to pair
     with pytest.raises(InputError, match="no valid seviri_viirs pairs"):

@@ -1,12 +1,16 @@
+import logging
+
 import pytest
 
-from cloudsr_hpc.config import load
+from cloudsr_hpc.config import build, config_path, load, read_yaml, to_dict
 from cloudsr_hpc.data.sensors import load_registry
 from cloudsr_hpc.errors import ConfigError
-from cloudsr_hpc.schema import ClusterProfile, InferConfig, PairsFile, StageConfig
+from cloudsr_hpc.schema import ClusterProfile, DiffusionConfig, InferConfig, PairsFile, StageConfig
 
 
 @pytest.mark.parametrize("name,cls", [("stage1.yaml", StageConfig), ("stage2.yaml", StageConfig),
+                                      ("regression.yaml", StageConfig), ("regression_abi.yaml", StageConfig),
+                                      ("stage2_abi.yaml", StageConfig),
                                       ("infer.yaml", InferConfig), ("pairs.yaml", PairsFile),
                                       ("cluster/local.yaml", ClusterProfile),
                                       ("cluster/example-gpu.yaml", ClusterProfile)])
@@ -91,3 +95,56 @@ _S{segment:2d}{total_segments:2d}.DAT']
     p.write_text(text.replace("\npairs:", ahi + "\npairs:"))
     reg = load_registry(p)
     assert reg.sensor("ahi").channel("B13").resolution_m == 2000.0
+
+
+# ------------------------------------------------------------------ loss weights: loss:, not diffusion:
+OLD_STAGE = """stage: regression
+diffusion:
+  steps: 1
+  grad_loss_weight: 0.2
+  spectral_loss_weight: 0.05
+"""
+
+
+def test_loss_weights_live_in_their_own_section():
+    assert load(StageConfig, "stage1.yaml").loss.grad_weight == pytest.approx(0.1)
+    reg = load(StageConfig, "regression.yaml")
+    assert reg.loss.grad_weight == 0.0 and reg.loss.spectral_weight == 0.0
+    assert "diffusion" not in read_yaml(config_path("regression.yaml"))  # no dummy section any more
+    d = to_dict(load(StageConfig, "stage1.yaml", ["loss.spectral_weight=0.5"]))
+    assert d["loss"] == {"grad_weight": 0.1, "spectral_weight": 0.5}
+    assert not {"grad_loss_weight", "spectral_loss_weight"} & set(d["diffusion"])
+
+
+def test_old_loss_keys_under_diffusion_still_load_with_one_deprecation_line(tmp_path, caplog):
+    p = tmp_path / "old.yaml"
+    p.write_text(OLD_STAGE)
+    with caplog.at_level(logging.WARNING, logger="cloudsr_hpc.schema"):
+        cfg = load(StageConfig, p)
+    assert cfg.loss.grad_weight == pytest.approx(0.2) and cfg.loss.spectral_weight == pytest.approx(0.05)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("deprecated" in m and "\n" not in m for m in lines)
+    assert f"{p}: diffusion.grad_loss_weight is deprecated: read as loss.grad_weight" in lines[0]
+    # a bad value names the key it is read as
+    with pytest.raises(ConfigError, match=r"old\.yaml: loss\.grad_weight = -1\.0: must be >= 0"):
+        load(StageConfig, p, ["diffusion.grad_loss_weight=-1"])
+    # the old key and the new one together: refused, naming both
+    with pytest.raises(ConfigError,
+                       match=r"stage1\.yaml: diffusion\.grad_loss_weight: moved to loss\.grad_weight"):
+        load(StageConfig, "stage1.yaml", ["diffusion.grad_loss_weight=0.3"])
+
+
+def test_old_export_with_loss_weights_under_diffusion_loads(tmp_path):
+    """Exports written before ``loss:`` carry the weights in their stored diffusion config."""
+    from cloudsr_hpc.models.cascade import Cascade, Stage
+    from cloudsr_hpc.models.export import export_model, load_model
+    from tests.conftest import make_export
+    state, meta = load_model(make_export(tmp_path / "new", stage=2, steps=2))
+    del meta["config"]["loss"]
+    meta["config"]["diffusion"].update(grad_loss_weight=0.1, spectral_loss_weight=0.0)
+    st = Stage.load(export_model(tmp_path / "old", state, meta))
+    assert Cascade([st]).describe() == "stage 2 (T=2, ancestral)"
+    cfg = build(DiffusionConfig, {"steps": 3, "grad_loss_weight": 0.1}, "x.pt: diffusion")
+    assert cfg.steps == 3
+    with pytest.raises(ConfigError, match="diffusion.loss_weight: unknown key"):
+        build(DiffusionConfig, {"loss_weight": 0.1}, "x.pt: diffusion")

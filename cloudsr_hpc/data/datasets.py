@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..core.seeds import seed_from
 from ..schema import DegradationConfig
 from .degradations import Degradation
 from .shards import list_shards, shard_attrs, shard_lengths
@@ -87,7 +88,7 @@ class DegradedHRDataset(_ShardIndex):
     def __getitem__(self, i):
         f, j = self._locate(i)
         hr, hr_mask = _normalise(f["hr"][j], self.lo, self.hi)
-        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+        g = torch.Generator().manual_seed(seed_from(self.seed, self.epoch, i))
         lr, lr_mask, params = self.degrade(hr, hr_mask, g)
         return {"lr": lr, "lr_mask": lr_mask, "hr": hr, "hr_mask": hr_mask, "index": i,
                 "params": json.dumps(params)}

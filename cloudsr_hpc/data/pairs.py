@@ -28,6 +28,7 @@ import xarray as xr
 
 from .. import __version__
 from ..config import dump_yaml
+from ..core.seeds import splitmix_hash
 from ..errors import ArchiveError, CloudSRError, InputError
 from ..schema import PairsConfig
 from .geometry import GeosGrid, lonlat_to_geos, window_starts
@@ -281,15 +282,9 @@ class PairBuilder:
 
 
 def split_hash(*key: int) -> int:
-    """A deterministic 64-bit hash of integers (splitmix64 finaliser), independent of Python's
-    per-process ``hash`` salt and of the order patches are cut in."""
-    z = 0x9E3779B97F4A7C15
-    for k in key:
-        z = (z + (k & 0xFFFFFFFFFFFFFFFF) * 0xBF58476D1CE4E5B9 + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        z ^= z >> 31
-    return z
+    """A deterministic 64-bit hash of integers (:func:`cloudsr_hpc.core.seeds.splitmix_hash`),
+    independent of Python's per-process ``hash`` salt and of the order patches are cut in."""
+    return splitmix_hash(*key)
 
 
 def _blocks(offset: int, n: int, block: int):

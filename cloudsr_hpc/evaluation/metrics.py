@@ -29,6 +29,10 @@ from ..models.fidelity import psnr as psnr
 from ..models.fidelity import psnr_from as psnr_from
 from ..models.fidelity import sobel_magnitude as sobel_magnitude
 from ..models.fidelity import squared_error_sums as squared_error_sums
+from .spectra import radial_average, windowed_power
+
+# the spectral rings: defined once in spectra.py, part of this API too (scores, tests)
+from .spectra import radial_bins as radial_bins
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -62,32 +66,15 @@ def ssim_sums(pred, target, mask, rows=None, data_range: float = 2.0, radius: in
 
 
 # --------------------------------------------------------------------------- power spectra
-def radial_bins(n: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Integer-wavenumber bin of each FFT coefficient of an n x n tile, and the bins' k (cycles/px)."""
-    f = torch.fft.fftfreq(n, dtype=torch.float64)
-    k = torch.hypot(f[:, None], f[None, :])
-    bins = torch.round(k * n).long().clamp_max(n // 2 + 1)  # corners beyond Nyquist -> a discarded bin
-    return bins, np.arange(1, n // 2 + 1) / n
-
-
 def tile_spectra(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Radially averaged power spectra (N, C, n/2) of square tiles (N, C, n, n), Hann-windowed
-    after removing each tile's mean; invalid pixels take the tile's valid mean (callers pass only
-    tiles that are almost wholly valid)."""
-    n = x.shape[-1]
+    after removing each tile's mean (the estimate of :mod:`.spectra`); invalid pixels take the
+    tile's valid mean (callers pass only tiles that are almost wholly valid)."""
     m = valid.expand_as(x).double()
     x = valid_only(valid, x)[0].double()
     mean = (x * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
     x = torch.where(m > 0, x, mean) - mean
-    h = torch.hann_window(n, periodic=False, dtype=torch.float64)
-    win = torch.outer(h, h)
-    p = torch.fft.fft2(x * win).abs() ** 2 / (win ** 2).sum()
-    bins, _ = radial_bins(n)
-    nb = n // 2
-    flat = p.flatten(-2)
-    sums = torch.zeros(*flat.shape[:-1], nb + 2, dtype=torch.float64).index_add_(-1, bins.flatten(), flat)
-    counts = torch.bincount(bins.flatten(), minlength=nb + 2).double()
-    return (sums / counts.clamp_min(1))[..., 1:nb + 1]
+    return radial_average(windowed_power(x))
 
 
 def cut_tiles(tile: int, *images: torch.Tensor) -> tuple[torch.Tensor, ...] | None:

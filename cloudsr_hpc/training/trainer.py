@@ -21,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..config import dump_yaml, to_dict
+from ..core.seeds import seed_from
 from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
 from ..data.degradations import blur
 from ..data.sensors import load_registry
@@ -189,14 +190,14 @@ class Trainer:
             eps = torch.randn(x0.shape, generator=gen).to(x0.device)
             xt = self.diffusion.q_sample(x0, y, t, eps)
             pred = self.engine(xt.to(dtype), y.to(dtype), t, m.to(dtype))
-        d = self.cfg.diffusion
-        return total_loss(pred.float(), x0, mask, d.grad_loss_weight, d.spectral_loss_weight)
+        w = self.cfg.loss
+        return total_loss(pred.float(), x0, mask, w.grad_weight, w.spectral_weight)
 
     def train_step(self) -> dict[str, float]:
         t = self.cfg.train
         parts = {}
         for micro in range(t.grad_accum):
-            gen = torch.Generator().manual_seed(hash((t.seed, self.step, micro, self.dist.rank)) & 0x7FFFFFFF)
+            gen = torch.Generator().manual_seed(seed_from(t.seed, self.step, micro, self.dist.rank))
             epoch = self.step  # Stage 2's on-the-fly degradations differ every step
             batch = self._collate(self.train_set, self.batch_indices(self.step, micro), epoch)
             parts = self.forward_loss(batch, gen)
