@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..core.norm import normalise
 from ..core.seeds import seed_from
 from ..schema import DegradationConfig
 from .degradations import Degradation
@@ -24,10 +25,12 @@ from .shards import list_shards, shard_attrs, shard_lengths
 
 
 def _normalise(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    valid = np.isfinite(x)
-    y = (np.nan_to_num(x) - lo[:, None, None]) / (hi - lo)[:, None, None] * 2.0 - 1.0
-    y = np.where(valid, y, 0.0)
-    return torch.from_numpy(y.astype(np.float32)), torch.from_numpy(valid.astype(np.float32))
+    """Physical (C, H, W) -> ([-1, 1] with 0 where invalid, per-channel validity), by the one
+    normaliser inference and evaluation use (:func:`cloudsr_hpc.core.norm.normalise`)."""
+    y, _ = normalise(np.asarray(x, np.float32), lo, hi)
+    valid = np.isfinite(y)
+    y[~valid] = 0.0
+    return torch.from_numpy(y), torch.from_numpy(valid.astype(np.float32))
 
 
 class _ShardIndex(Dataset):

@@ -32,15 +32,6 @@ class Channel:
     def units(self) -> str:
         return UNITS[self.quantity]
 
-    def normalise(self, v):
-        """Physical -> [-1, 1] (linear over ``norm``)."""
-        lo, hi = self.norm
-        return (v - lo) / (hi - lo) * 2.0 - 1.0
-
-    def denormalise(self, v):
-        lo, hi = self.norm
-        return (v + 1.0) * 0.5 * (hi - lo) + lo
-
     def validate(self, where):
         require(self.norm[1] > self.norm[0], where, "norm must be [lo, hi] with hi > lo")
         require(self.resolution_m > 0, where, "resolution_m must be > 0")
