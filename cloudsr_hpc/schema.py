@@ -306,17 +306,18 @@ class EvaluateConfig:
 
 @dataclass
 class ClusterProfile:
-    """``configs/cluster/<name>.yaml``: what a site needs in its job scripts."""
+    """``configs/cluster/<name>.yaml``: what a site needs in its job scripts.  A 0 takes the job
+    definition's value (``jobs/<kind>.yaml``)."""
     executor: Literal["slurm", "local", "debug"] = "slurm"
     partition: str = ""
     account: str = ""
     qos: str = ""
     gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: int = 0
-    time_minutes: int = 60
-    setup: list[str] = field(default_factory=list)   # module load / conda activate lines
-    array_parallelism: int = 8
+    cpus_per_task: int = 0
+    mem_gb: int = 0                                  # --mem per node (0: the job's mem_gb_per_task x tasks)
+    time_minutes: int = 0
+    setup: list[str] = field(default_factory=list)   # module load / conda activate lines (CLOUDSR_SETUP)
+    array_parallelism: int = 0
 
     def validate(self, where):  # 0: the job definition's value
         check_ranges(where, self, gpus_per_node=">= 0", cpus_per_task=">= 0", mem_gb=">= 0",
@@ -325,21 +326,29 @@ class ClusterProfile:
 
 @dataclass
 class JobResources:
+    """What one job asks Slurm for (the cluster profile and the command line override it)."""
     nodes: int = 1
     ntasks_per_node: int = 1
     cpus_per_task: int = 1
     gpus_per_node: int = 0
-    mem_gb: int = 0
+    mem_gb_per_task: int = 4   # --mem = this x tasks per node (a cascade rank peaks at 2.6-3.1 GB)
     time_minutes: int = 60
 
     def validate(self, where):
         check_ranges(where, self, nodes=">= 1", ntasks_per_node=">= 1", cpus_per_task=">= 1",
-                     gpus_per_node=">= 0", mem_gb=">= 0", time_minutes=">= 1")
+                     gpus_per_node=">= 0", mem_gb_per_task=">= 0", time_minutes=">= 1")
+
+
+# sbatch --signal=[{R|B}:]SIG[@seconds]: B: signals only the batch shell (slurm/campaign.sh forwards it)
+JOB_SIGNAL = r"(?:[RB]{1,2}:)?(?:SIG)?(?:USR1|USR2|TERM|INT|HUP|QUIT|CONT|[0-9]{1,2})@[0-9]{1,4}"
 
 
 @dataclass
 class JobDef:
-    """``jobs/<kind>.yaml``: what a job is (script, inputs, outputs, resources), as data."""
+    """``jobs/<kind>.yaml``: what a job is, as data, every field used by the submitter: ``script``
+    (what sbatch submits; ``{stage}`` for train), ``resources`` (sbatch options), ``requeue``
+    (``--requeue``/``--no-requeue``), ``signal`` (``--signal``), ``array_parallelism`` (campaign's
+    ``%``); ``inputs``/``outputs`` are shown by ``--dry-run``."""
     kind: Literal["train", "infer", "campaign"]
     script: str
     inputs: list[str] = field(default_factory=list)
@@ -350,7 +359,18 @@ class JobDef:
     array_parallelism: int = 0
 
     def validate(self, where):
+        import re
         check_ranges(where, self, array_parallelism=">= 0")
+        require(re.fullmatch(r"slurm/[A-Za-z0-9_.{}-]+\.sh", self.script) is not None, f"{where}: script",
+                f"{self.script!r}: expected slurm/NAME.sh")
+        require(("{stage}" in self.script) == (self.kind == "train")
+                and not set("{}") & set(self.script.replace("{stage}", "")), f"{where}: script",
+                f"{self.script!r}: a train job's script has '{{stage}}' (1 or 2), no other job's has any "
+                f"placeholder")
+        require(not self.signal or re.fullmatch(JOB_SIGNAL, self.signal) is not None, f"{where}: signal",
+                f"{self.signal!r}: expected [B:]SIGNAL@SECONDS (e.g. USR1@60)")
+        require(self.kind == "campaign" or not self.array_parallelism, f"{where}: array_parallelism",
+                "only a campaign is a job array")
 
 
 @dataclass

@@ -172,11 +172,12 @@ def cmd_train(args) -> int:
     executor = _executor(args)
     if executor == "slurm":
         profile = load_profile(args.cluster)
-        opts = sbatch_args(load_job("train"), profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        jobdef = load_job("train")
+        opts = sbatch_args(jobdef, profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                            time_minutes=args.time, after=args.after, name=f"cloudsr-{stage}")
         env = dict(setup_env(profile) or __import__("os").environ, CONFIG=str(config_path(config)))
-        script = f"slurm/train_stage{'1' if stage == 'regression' else stage}.sh"
-        job = sbatch(script, opts, [a for s in sets for a in ("--set", s)], env=env, dry_run=args.dry_run)
+        job = sbatch(jobdef, opts, [a for s in sets for a in ("--set", s)], env=env, dry_run=args.dry_run,
+                     stage="1" if stage == "regression" else stage)
         if job:
             print(json.dumps({"job": job, "stage": stage, "executor": "slurm"}))
         return 0
@@ -221,7 +222,7 @@ def cmd_infer(args) -> int:
         profile = load_profile(args.cluster)
         opts = sbatch_args(load_job("infer"), profile, ntasks=args.ranks, time_minutes=args.time,
                            after=args.after, name="cloudsr-infer", log_file=args.log)
-        job = sbatch("slurm/infer.sh", opts, fwd, env=setup_env(profile), dry_run=args.dry_run)
+        job = sbatch(load_job("infer"), opts, fwd, env=setup_env(profile), dry_run=args.dry_run)
         if job:
             print(json.dumps({"job": job, "executor": "slurm",
                               "ranks": args.ranks or load_job("infer").resources.ntasks_per_node}))
@@ -298,19 +299,21 @@ def cmd_campaign(args) -> int:
     with cp.ledger_errors(cp.campaign_dir(args.root, spec.name)):
         cdir, n, missing = cp.create(args.root, spec, _registry(args), dry_run=args.dry_run)
         log.info("campaign %s: %d scenes (%d without input) in %s", spec.name, n, missing, cdir)
-        return _start_workers(cp, args, cdir, spec)
+        # scenes to do: the ledger's (None), or on a dry run (no ledger written) the count
+        return _start_workers(cp, args, cdir, spec, todo=n - missing if args.dry_run else None)
 
 
-def _start_workers(cp, args, cdir: Path, spec) -> int:
-    from .orchestration.executors import load_profile, submit_campaign
+def _start_workers(cp, args, cdir: Path, spec, todo: int | None = None) -> int:
+    """``todo``: the scenes to do (None: the ledger's); the job array is at most that many tasks."""
+    from .orchestration.executors import campaign_sbatch_command, load_profile, submit_campaign
     profile = load_profile(args.cluster)
     executor = _executor(args)
     workers = spec.workers if args.workers is None else args.workers
     if workers == 0:  # create (or reconcile) only: start workers yourself, e.g. with slurm/campaign.sh
         print(json.dumps({"campaign": str(cdir), "executor": None, "jobs": [],
-                          "start_with": f"sbatch --array=0-3%2 slurm/campaign.sh {shlex.quote(str(cdir))}"}))
+                          "start_with": campaign_sbatch_command(cdir, profile, todo, after=args.after)}))
         return 0
-    jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run)
+    jobs = submit_campaign(cdir, executor, profile, workers, args.after, dry_run=args.dry_run, todo=todo)
     if args.dry_run:
         return 0
     print(json.dumps({"campaign": str(cdir), "executor": executor, "jobs": [str(j.job_id) for j in jobs]}),

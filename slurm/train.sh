@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# Common body of slurm/train_stage{1,2}.sh: one rank per task (per GPU on GPU nodes), launched by
-# srun; rank/world/master come from the Slurm job (cloudsr_hpc.training.distributed).  Exit code 75
-# from the trainer means "checkpointed after SIGUSR1/SIGTERM": the job requeues itself and resumes.
+# Common body of slurm/train_stage{1,2}.sh (sourced by them after slurm/env.sh; not submitted on its
+# own): one rank per task (per GPU on GPU nodes), launched by srun; rank/world/master come from the
+# Slurm job (cloudsr_hpc.training.distributed).  Exit code 75 from the trainer means "checkpointed
+# after SIGUSR1/SIGTERM": the job requeues itself and resumes.
 #
-# Environment (all optional):
-#   CLOUDSR_ROOT   project checkout (default: the sbatch submit directory)
-#   PYTHON         interpreter (default: $CLOUDSR_ROOT/.venv/bin/python)
-#   CONFIG         stage YAML (set by the stage scripts)
-#   CLOUDSR_SETUP  a line to source first (module load ..., conda activate ...)
+# Environment (all optional): CLOUDSR_ROOT, CLOUDSR_SETUP, PYTHON (see slurm/env.sh); CONFIG, the
+# stage YAML (set by the stage scripts); TORCH_EXTENSIONS_DIR.
 # Extra arguments are passed to the trainer, e.g.  sbatch slurm/train_stage1.sh --set train.steps=500
-set -uo pipefail
-ROOT=${CLOUDSR_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-cd "$ROOT" || exit 1
-source slurm/env.sh
+if [ -z "${PY:-}" ] || [ -z "${CONFIG:-}" ]; then
+  echo "slurm/train.sh is the body of slurm/train_stage1.sh and train_stage2.sh: submit one of those" >&2
+  exit 2
+fi
 # compiled DeepSpeed ops are cached per user, never rebuilt per job (compute nodes: no internet needed)
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/cloudsr_hpc/torch_extensions}
 echo "cloudsr-hpc train: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} nodes ${SLURM_JOB_NUM_NODES:-1} tasks ${SLURM_NTASKS:-1} config ${CONFIG}"
@@ -22,7 +20,7 @@ rc=0
 srun "$PY" -m cloudsr_hpc.train --config "$CONFIG" "$@" || rc=$?
 if [ "$rc" -eq 75 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
   echo "checkpointed after a signal: requeueing job $SLURM_JOB_ID"
-  scontrol requeue "$SLURM_JOB_ID"
-  exit 0
+  # refused when the job was submitted with --no-requeue (jobs/train.yaml requeue: false): exit 75
+  scontrol requeue "$SLURM_JOB_ID" && exit 0
 fi
 exit "$rc"

@@ -1,12 +1,17 @@
 """Turning job definitions into running jobs: sbatch for the scripts, Submitit for campaign workers.
 
-* Resources come from ``jobs/<kind>.yaml``, overridden by the cluster profile
-  (``configs/cluster/<name>.yaml``: partition, account, QoS, GPUs, time, set-up lines) and then by
-  the command line.
+* ``jobs/<kind>.yaml`` says what is submitted: the script, the resources (nodes, tasks, CPUs, GPUs,
+  memory, time), ``requeue`` and ``signal`` (sbatch options, overriding the script's ``#SBATCH``
+  lines), a campaign's array throttle; its inputs and outputs are shown by ``--dry-run``.  It is
+  validated on load (unknown keys, a bad signal, a missing script: one error naming the key).
+  The cluster profile (``configs/cluster/<name>.yaml``: partition, account, QoS, GPUs, memory,
+  time, set-up lines) overrides the resources, and the command line overrides both.
 * ``slurm``: training and inference are the ``slurm/*.sh`` scripts, submitted with ``sbatch``
-  (argument lists, never a shell string); campaigns are Submitit job arrays of
-  :class:`CampaignWorker` (checkpointable: a preempted or timed-out task requeues and takes its
-  claims back) throttled with ``%``.  ``--dry-run`` prints the exact sbatch command or the
+  (argument lists, never a shell string; the profile's set-up lines travel as ``CLOUDSR_SETUP``);
+  campaigns are Submitit job arrays of :class:`CampaignWorker` (checkpointable: a preempted or
+  timed-out task requeues and takes its claims back), ``--array=0-(N-1)%P`` with N the workers (at
+  most the scenes to do) and P the throttle; :func:`campaign_sbatch_command` is the same array as
+  a ``sbatch slurm/campaign.sh`` command.  ``--dry-run`` prints the exact sbatch command or the
   Submitit parameters and the batch script it would submit, and submits nothing.
 * ``local``: the same work as local processes (Submitit's LocalExecutor for campaign workers);
   ``debug``: in this process, one worker after the other.
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,11 +55,31 @@ def default_executor() -> str:
     return "slurm" if up else "local"
 
 
-def load_job(kind: str) -> JobDef:
-    path = JOBS_DIR / f"{kind}.yaml"
+def load_job(kind: str, path: str | Path | None = None) -> JobDef:
+    """``jobs/<kind>.yaml`` (or ``path``), validated: unknown or ill-typed keys, a bad signal, a
+    kind that is not the file's or a script that does not exist are one error naming the key."""
+    path = Path(path) if path else JOBS_DIR / f"{kind}.yaml"
     if not path.exists():
         raise ConfigError(f"{path}: job definition missing")
-    return build(JobDef, read_yaml(path), str(path))
+    job = build(JobDef, read_yaml(path), f"{path}: ")
+    if job.kind != kind:
+        raise ConfigError(f"{path}: kind: {job.kind!r}, but this is the {kind!r} job definition")
+    for stage in ("1", "2") if kind == "train" else ("",):
+        script = PROJECT_ROOT / job.script.format(stage=stage)
+        if not script.is_file():
+            raise ConfigError(f"{path}: script: {script}: no such file")
+    return job
+
+
+def job_script(job: JobDef, stage: str = "") -> Path:
+    """The absolute path of the job's script (train: of ``stage``): sbatch records it, and the
+    script finds the checkout from it wherever sbatch runs."""
+    return PROJECT_ROOT / job.script.format(stage=stage)
+
+
+def _mem_gb(job: JobDef, profile: ClusterProfile, tasks_per_node: int) -> int:
+    """``--mem`` per node: the profile's, else the job's per-task memory times the tasks per node."""
+    return profile.mem_gb or job.resources.mem_gb_per_task * tasks_per_node
 
 
 def load_profile(name: str | None) -> ClusterProfile:
@@ -74,17 +101,21 @@ def load_profile(name: str | None) -> ClusterProfile:
 def sbatch_args(job: JobDef, profile: ClusterProfile, *, ntasks: int | None = None, nodes: int | None = None,
                 gpus_per_node: int | None = None, time_minutes: int | None = None, after: str | None = None,
                 log_file: str | None = None, name: str | None = None, array: str | None = None) -> list[str]:
-    """``sbatch`` options for a job: definition < profile < command line."""
+    """``sbatch`` options for a job: definition < profile < command line.  They override the
+    script's ``#SBATCH`` lines, so the job definition decides (resources, requeue, signal)."""
     r = job.resources
     gpus = gpus_per_node if gpus_per_node is not None else (profile.gpus_per_node or r.gpus_per_node)
     minutes = time_minutes or profile.time_minutes or r.time_minutes
     args = ["--parsable", f"--nodes={nodes or r.nodes}",
             f"--cpus-per-task={profile.cpus_per_task or r.cpus_per_task}",
             f"--time={minutes // 60:02d}:{minutes % 60:02d}:00"]
-    if ntasks:
-        args.append(f"--ntasks-per-node={-(-ntasks // (nodes or r.nodes))}")
-    else:
-        args.append(f"--ntasks-per-node={gpus or r.ntasks_per_node}")
+    per_node = -(-ntasks // (nodes or r.nodes)) if ntasks else (gpus or r.ntasks_per_node)
+    args.append(f"--ntasks-per-node={per_node}")
+    if _mem_gb(job, profile, per_node):
+        args.append(f"--mem={_mem_gb(job, profile, per_node)}G")
+    args.append("--requeue" if job.requeue else "--no-requeue")
+    if job.signal:
+        args.append(f"--signal={job.signal}")
     for flag, value in (("--partition", profile.partition), ("--account", profile.account),
                         ("--qos", profile.qos),
                         ("--job-name", name), ("--output", log_file), ("--array", array)):
@@ -92,38 +123,53 @@ def sbatch_args(job: JobDef, profile: ClusterProfile, *, ntasks: int | None = No
             args.append(f"{flag}={value}")
     if gpus:
         args.append(f"--gpus-per-node={gpus}")
-    if profile.mem_gb or r.mem_gb:
-        args.append(f"--mem={profile.mem_gb or r.mem_gb}G")
     if after:
         args.append(f"--dependency=afterok:{after}")
     return args
 
 
-def sbatch(script: str | Path, options: list[str], script_args: list[str], env: dict | None = None,
-           dry_run: bool = False) -> str | None:
-    """Submit a batch script; returns the job id (None on a dry run, which prints the command)."""
-    cmd = ["sbatch", *options, str(PROJECT_ROOT / script), *script_args]
+# what a submission sets in the job's environment, shown in front of a printed sbatch command
+_JOB_ENV = ("CLOUDSR_SETUP", "CONFIG")
+
+
+def _env_sets(env: dict | None) -> list[str]:
+    return [f"{k}={shlex.quote(env[k])}" for k in _JOB_ENV if (env or {}).get(k)]
+
+
+def sbatch_command(job: JobDef, options: list[str], script_args: list[str], env: dict | None = None,
+                   stage: str = "") -> str:
+    """The submission as one shell command line: the job's environment, then sbatch."""
+    return " ".join([*_env_sets(env), shlex.join(["sbatch", *options, str(job_script(job, stage)),
+                                                  *script_args])])
+
+
+def sbatch(job: JobDef, options: list[str], script_args: list[str], env: dict | None = None,
+           dry_run: bool = False, stage: str = "") -> str | None:
+    """Submit the job's script (train: of ``stage``) by its absolute path; returns the job id (None
+    on a dry run, which prints the command, what the job needs and leaves, and the script)."""
+    script = job_script(job, stage)
+    cmd = ["sbatch", *options, str(script), *script_args]
     if dry_run:
-        print(" ".join(_quote(c) for c in cmd))
-        print(f"# --- {script} ---")
-        print((PROJECT_ROOT / script).read_text())
+        print(shlex.join(cmd))
+        if _env_sets(env):
+            print(f"# job environment: {' '.join(_env_sets(env))}")
+        for what, items in (("needs", job.inputs), ("leaves", job.outputs)):
+            for item in items:
+                print(f"# {what}: {item}")
+        print(f"# --- {script.relative_to(PROJECT_ROOT)} ---")
+        print(script.read_text())
         return None
     if not shutil.which("sbatch"):
         raise CloudSRError("sbatch: not found (no Slurm here): use --executor local")
     p = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=120)
     if p.returncode != 0:
-        raise CloudSRError(f"sbatch {script}: {p.stderr.strip() or p.stdout.strip()}")
+        raise CloudSRError(f"sbatch {script.name}: {p.stderr.strip() or p.stdout.strip()}")
     return p.stdout.strip().split(";")[0]
 
 
-def _quote(s: str) -> str:
-    import shlex
-    return shlex.quote(s)
-
-
 def setup_env(profile: ClusterProfile) -> dict | None:
-    """The profile's set-up lines travel to the scripts as CLOUDSR_SETUP (sourced on the node)."""
-    import os
+    """The profile's set-up lines travel to the scripts as CLOUDSR_SETUP (evaluated on the node by
+    slurm/env.sh before it picks the python); None: the caller's environment as it is."""
     if not profile.setup:
         return None
     return dict(os.environ, CLOUDSR_SETUP="; ".join(profile.setup))
@@ -152,9 +198,63 @@ class CampaignWorker(submitit.helpers.Checkpointable):
         return super().checkpoint(cdir)
 
 
+def campaign_array(job: JobDef, profile: ClusterProfile, workers: int | None,
+                   todo: int | None = None) -> tuple[int, int]:
+    """The workers' job array ``0-(N-1)%P``: N = ``workers`` (None: one per scene, at most
+    MAX_WORKERS), at most the campaign's scenes to do (``todo``; at least one task, which reconciles
+    and exits when nothing is left); P = the profile's ``array_parallelism``, else the job
+    definition's, at most N."""
+    from .campaign import MAX_WORKERS
+    n = min(MAX_WORKERS if workers is None else workers, MAX_WORKERS if todo is None else todo)
+    n = max(1, n)
+    return n, min(n, profile.array_parallelism or job.array_parallelism or n)
+
+
+def campaign_todo(cdir: Path) -> int | None:
+    """Scenes a worker may still claim (pending or failed, not quarantined); None without a ledger."""
+    from .ledger import Ledger
+    if not (cdir / "ledger.sqlite").is_file():
+        return None
+    ledger = Ledger(cdir / "ledger.sqlite")
+    try:
+        counts = ledger.counts()
+    finally:
+        ledger.close()
+    return counts["pending"] + counts["failed"]
+
+
+def campaign_sbatch_command(cdir: Path, profile: ClusterProfile, todo: int | None = None,
+                            workers: int | None = None, after: str | None = None) -> str:
+    """``sbatch --array=0-(N-1)%P ... /abs/slurm/campaign.sh CDIR``: the campaign's workers as a
+    plain sbatch command (what ``campaign --workers 0`` prints; N: one task per scene to do unless
+    ``workers``), with the job definition's and the profile's options and the profile's set-up
+    lines (``CLOUDSR_SETUP=...`` in front)."""
+    job = load_job("campaign")
+    n, p = campaign_array(job, profile, workers, campaign_todo(cdir) if todo is None else todo)
+    opts = sbatch_args(job, profile, after=after, name=f"cloudsr-campaign-{cdir.name}",
+                       gpus_per_node=1 if profile.gpus_per_node else 0,  # one worker (one GPU) per task
+                       array=f"0-{n - 1}%{p}", log_file=str(cdir / "logs" / "campaign-%A_%a.out"))
+    opts = [o for o in opts if o != "--parsable"]
+    return sbatch_command(job, opts, [str(cdir)], setup_env(profile))
+
+
+def _submitit_signal(job: JobDef) -> int:
+    """The job definition's signal as Submitit takes it: its own preemption signal, a lead time."""
+    from submitit.core.job_environment import JobEnvironment
+    if not job.signal:
+        return 90
+    m = re.fullmatch(r"(?:[RB]{1,2}:)?(?:SIG)?(\w+)@(\d+)", job.signal)
+    if not m or m[1] != JobEnvironment.USR_SIG:
+        raise ConfigError(f"{JOBS_DIR / 'campaign.yaml'}: signal: {job.signal!r}: campaign workers "
+                          f"(Submitit) stop on {JobEnvironment.USR_SIG}, e.g. B:{JobEnvironment.USR_SIG}@90")
+    return int(m[2])
+
+
 def campaign_executor(cdir: Path, kind: str, job: JobDef, profile: ClusterProfile, workers: int,
                       after: str | None = None) -> submitit.AutoExecutor:
-    ex = submitit.AutoExecutor(folder=cdir / "logs" / "%j", cluster=kind)
+    # requeue: false -> a timed-out task is not requeued by Submitit either
+    no_requeue = {"slurm_max_num_timeout": 0} if kind == "slurm" and not job.requeue else {}
+    ex = submitit.AutoExecutor(folder=cdir / "logs" / "%j", cluster=kind, **no_requeue)
     r = job.resources
     params = {"name": f"cloudsr-campaign-{cdir.name}", "timeout_min": profile.time_minutes or r.time_minutes,
               "cpus_per_task": profile.cpus_per_task or r.cpus_per_task, "tasks_per_node": 1, "nodes": 1}
@@ -162,14 +262,14 @@ def campaign_executor(cdir: Path, kind: str, job: JobDef, profile: ClusterProfil
         extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos)) if v}
         if after:
             extra["dependency"] = f"afterok:{after}"
+        extra["requeue" if job.requeue else "no_requeue"] = True
         params.update(slurm_partition=profile.partition or None, slurm_additional_parameters=extra,
-                      slurm_array_parallelism=min(workers, profile.array_parallelism or job.array_parallelism
-                                                  or workers),
-                      slurm_setup=list(profile.setup), slurm_signal_delay_s=90)
+                      slurm_array_parallelism=campaign_array(job, profile, workers)[1],
+                      slurm_setup=list(profile.setup), slurm_signal_delay_s=_submitit_signal(job))
         if profile.gpus_per_node:
             params["gpus_per_node"] = 1  # one GPU per worker
-        if profile.mem_gb or r.mem_gb:
-            params["mem_gb"] = profile.mem_gb or r.mem_gb
+        if _mem_gb(job, profile, 1):
+            params["mem_gb"] = _mem_gb(job, profile, 1)
         params = {k: v for k, v in params.items() if v is not None}
     ex.update_parameters(**params)
     return ex
@@ -195,17 +295,21 @@ def _stdio_to_devnull(active: bool):
 
 
 def submit_campaign(cdir: Path, kind: str, profile: ClusterProfile, workers: int, after: str | None = None,
-                    dry_run: bool = False) -> list:
-    """Start ``workers`` campaign workers; returns the Submitit jobs (none on a dry run)."""
+                    dry_run: bool = False, todo: int | None = None) -> list:
+    """Start ``workers`` campaign workers, at most one per scene to do (``todo``; default: the
+    ledger's count); returns the Submitit jobs (none on a dry run)."""
     job = load_job("campaign")
+    workers, parallel = campaign_array(job, profile, workers, campaign_todo(cdir) if todo is None else todo)
     ex = campaign_executor(cdir, kind, job, profile, workers, after)
     if dry_run:
         print(f"# submitit {kind} executor, {workers} array task(s) of CampaignWorker({cdir})")
+        for what, items in (("needs", job.inputs), ("leaves", job.outputs)):
+            for item in items:
+                print(f"# {what}: {item}")
         for k, v in sorted(ex._executor.parameters.items()):
             print(f"#   {k} = {v}")
         if kind == "slurm":
-            print("# Submitit adds: "
-                  f"--array=0-{workers - 1}%{ex._executor.parameters.get('array_parallelism', workers)}")
+            print(f"# Submitit adds: --array=0-{workers - 1}%{parallel}")
             print(ex._executor._make_submission_file_text(ex._executor._submitit_command_str, "UID"))
         return []
     with _stdio_to_devnull(kind == "local"):
