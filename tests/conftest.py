@@ -115,8 +115,8 @@ def make_export(out_dir, stage=1, base=8, mult=(1, 2), steps=1, seed=0, out_std=
 @pytest.fixture(scope="session")
 def trained_models(sv_archive, tmp_path_factory):
     """Stage 1, Stage 2 and the regression baseline after the documented short CPU training (the
-    demo's recipe: ``submit.DEMO_MODEL``, Stage 2 twice the steps), on the ``sv_archive`` shards."""
-    from cloudsr_hpc.submit import DEMO_MODEL, DEMO_STEPS
+    demo's recipe: ``demo.DEMO_MODEL``, Stage 2 twice the steps), on the ``sv_archive`` shards."""
+    from cloudsr_hpc.demo import DEMO_MODEL, DEMO_STEPS
     root, _ = sv_archive
     shards, out = root / "pairs", tmp_path_factory.mktemp("trained")
     runs = {}

@@ -98,12 +98,12 @@ def test_the_demo_fits_on_train_and_scores_val_calibrated(setup, tmp_path):  # n
     """The demo's evaluation: calibration fitted on ``train`` (never on ``val``), then ``val`` scored."""
     import shutil
 
-    from cloudsr_hpc.submit import _demo_evaluation
+    from cloudsr_hpc.demo import evaluate_held_out
     d, models = setup
     shards = tmp_path / "pairs"
     shutil.copytree(d / "val", shards / "train")
     shutil.copytree(d / "val", shards / "val")
-    md = _demo_evaluation(tmp_path, "seviri_viirs", shards, 0, models,
+    md = evaluate_held_out(tmp_path, "seviri_viirs", shards, 0, models,
                           ["lpips=false", "spectrum_tile=32", "batch_size=4"], members=3)
     fitted = json.loads((tmp_path / "evaluation" / "calibration.json").read_text())
     assert all(m["fitted"]["source"] == str(shards / "train") for m in fitted["methods"])
