@@ -3,6 +3,7 @@ project's SYNTHETIC default archive (the VIIRS granule of ``submit synth --pair 
 the same pixel size and on the same windows/recipe.
 
     python benchmarks/realism.py [--real ../shared/data/abi-real] [--synthetic-archive DIR | --slots N]
+                                 [--config configs/synth_realistic.yaml] [--set synth.cloud.KEY=VALUE ...]
                                  [--quick] [--out benchmarks/results/realism.json]
 
 ~1-1.5 min on 2 CPU cores with one synthesised slot, ~25 s of it statistics (``--quick``: only the
@@ -21,7 +22,8 @@ Data
              are valid).  This is the *observed* field the models train on (truth -> PSF -> noise),
              not the latent truth raster.  ``--synthetic-archive DIR`` reuses an archive (its first
              ``--max-granules`` granules), else ``--slots`` slot(s) (default 1: 2024-06-01T12:00) are
-             synthesised into a temporary directory with the CLI.
+             synthesised into a temporary directory with the CLI (``--config``/``--set`` passed to
+             ``submit synth``: e.g. ``--config configs/synth_realistic.yaml``, the textured field).
 
 Compared pairs (there is no 10-12 um window band in the shared real files)
   IR           real C16 (13.3 um, CO2 absorption band)   vs  synthetic I05 (11.45 um, window band)
@@ -145,12 +147,15 @@ def read_real(real_dir: Path, bands: list[str]) -> dict:
     return out
 
 
-def synthesise(archive: Path, slots: int) -> float:
+def synthesise(archive: Path, slots: int, config: str | None = None, sets: list[str] | None = None) -> float:
     """``submit synth`` of ``slots`` slots at 12:00 UTC on consecutive days from 2024-06-01 (a day
-    apart the synthetic cloud fields are independent: 3 h decorrelation, ~1000 km advection)."""
+    apart the synthetic cloud fields are independent: 3 h decorrelation, ~1000 km advection), with
+    ``--config`` and ``--set`` overrides passed on."""
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "cloudsr_hpc.submit", "synth", "--pair", "seviri_viirs",
            "--start", "2024-06-01T12:00", "--archive", str(archive)]
+    cmd += ["--config", config] if config else []
+    cmd += [a for kv in sets or [] for a in ("--set", kv)]
     if slots > 1:
         cmd += ["--end", f"2024-06-{slots:02d}T12:00", "--every", "1d"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -423,6 +428,10 @@ def main() -> None:
                          "temporary directory)")
     ap.add_argument("--slots", type=int, default=1, choices=range(1, 31), metavar="1..30",
                     help="without --synthetic-archive: synthesise this many slots, a day apart (~20 s each)")
+    ap.add_argument("--config", default=None,
+                    help="synthesis: the config of submit synth (default: its own, configs/pairs.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="synthesis: a submit synth override, e.g. synth.cloud.tau0=12 (repeatable)")
     ap.add_argument("--max-granules", type=int, default=8,
                     help="synthetic: use up to this many VIIRS granules")
     ap.add_argument("--block", type=int, default=6,
@@ -454,7 +463,7 @@ def main() -> None:
             archive = Path(args.synthetic_archive)
         else:
             archive = Path(tmp) / "archive"
-            timing["synthesise_s"] = round(synthesise(archive, args.slots), 2)
+            timing["synthesise_s"] = round(synthesise(archive, args.slots, args.config, args.set), 2)
         t0 = time.perf_counter()
         syn = read_synthetic(archive, syn_bands, args.block, args.max_granules)
         timing["read_synthetic_s"] = round(time.perf_counter() - t0, 2)
@@ -520,6 +529,7 @@ def main() -> None:
         "synthetic": {"archive": str(args.synthetic_archive or "temporary: submit synth --pair "
                                                                f"seviri_viirs, {args.slots} "
                                                               f"slot(s) 12:00 UTC daily from 2024-06-01"),
+                      "config": args.config, "set": args.set,
                       "time": syn["time"], "files": syn["files"], "native_shape_375m": syn["native_shape"],
                       "block": args.block, "shape": list(syn[syn_bands[0]].shape)},
         "settings": {"window_px": n, "stride_px": stride, "min_valid": args.min_valid,

@@ -87,8 +87,9 @@ def run(args, step: Step) -> int:
     root = Path(args.out).resolve()
     archive, shards, runs = root / "archive", root / "pairs" / args.pair, root / "runs"
     common = ["--sensors", args.sensors, "--set", f"synth.seed={args.seed}"]
+    synth_config = ["--config", args.synth_config] if getattr(args, "synth_config", None) else []
     if not archive.exists() and step(["synth", "--pair", args.pair, "--start", "2024-06-01T11:00", "--end",
-                                      "2024-06-01T12:45", "--archive", str(archive), *common]):
+                                      "2024-06-01T12:45", "--archive", str(archive), *common, *synth_config]):
         return 2
     if not any((shards / "val").glob("*.h5")) and step(["pairs", "--pair", args.pair, "--archive",
                                                         str(archive),

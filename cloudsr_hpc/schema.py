@@ -11,11 +11,39 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class SynthCloudConfig:
+    """``synth.cloud``: the truth field's knobs (``data.synthetic.cloudfield.CloudFieldSpec``; the
+    defaults are its defaults, today's field).  ``texture_sigma`` > 0 adds log-normal in-cloud
+    texture (``configs/synth_realistic.yaml``: closer to real imagery's edges and spectra)."""
+    beta_cloud: float = 3.6          # P(k) ~ k^-beta of the cloud-amount latent field
+    beta_top: float = 4.0            # ... of the cloud-top latent field
+    beta_land: float = 4.5
+    cloud_threshold: float = 0.25    # latent std units: higher -> less cloud
+    tau0: float = 40.0               # optical depth scale
+    wind_ms: tuple[float, float] = (12.0, 3.0)  # advection (east, north) [m/s]
+    evolution_hours: float = 3.0     # decorrelation time of the largest scales
+    outer_scale_m: float = 400e3     # spectra flatten above this scale
+    warp_m: float = 25e3             # RMS shear displacement (filaments); 0 = isotropic
+    texture_sigma: float = 0.0       # log-normal std of in-cloud tau texture; 0 = off
+    beta_texture: float = 2.4        # spectrum of the texture latent field
+    texture_scale_m: float = 60e3    # texture spectrum flattens above this scale
+
+    def validate(self, where):
+        check_ranges(where, self, beta_cloud="[1, 6]", beta_top="[1, 6]", beta_land="[1, 6]",
+                     cloud_threshold="[-3, 3]", tau0="> 0", evolution_hours="> 0",
+                     outer_scale_m="> 0", warp_m="[0, 100000]", texture_sigma="[0, 2]",
+                     beta_texture="[1, 6]", texture_scale_m="> 0")
+        require(all(abs(v) <= 100 for v in self.wind_ms), where,
+                f"wind_ms = {list(self.wind_ms)}: each component must be in [-100, 100] m/s")
+
+
+@dataclass
 class SynthConfig:
     """The synthetic archive (embedded default)."""
     seed: int = 0
     size: Literal["small", "full"] = "small"
     every_minutes: float = 15.0
+    cloud: SynthCloudConfig = field(default_factory=SynthCloudConfig)
 
     def validate(self, where):
         check_ranges(where, self, seed=">= 0", every_minutes="> 0")

@@ -70,6 +70,7 @@ def _date_range(args) -> tuple[dt.datetime, dt.datetime]:
 def cmd_synth(args) -> int:
     from .data.index import parse_every, slot_times
     from .data.synthetic.archive import SyntheticArchive
+    from .data.synthetic.cloudfield import cloud_spec
     from .schema import PairsFile
     cfg = load(PairsFile, args.config, args.set)
     reg = _registry(args)
@@ -81,8 +82,9 @@ def cmd_synth(args) -> int:
         if f not in reg.sensor(pair.lr).formats:
             raise ConfigError(f"--lr-format {f}: not a format of {pair.lr} (known: "
                               f"{', '.join(reg.sensor(pair.lr).formats)})")
-    arch = SyntheticArchive(reg, pair, Path(args.archive), size=args.size or cfg.synth.size,
-                            seed=cfg.synth.seed if args.seed is None else args.seed, lr_formats=lr_fmts)
+    seed = cfg.synth.seed if args.seed is None else args.seed
+    arch = SyntheticArchive(reg, pair, Path(args.archive), size=args.size or cfg.synth.size, seed=seed,
+                            lr_formats=lr_fmts, spec=cloud_spec(cfg.synth.cloud, seed))
     paths = arch.write(slot_times(start, end, every), lr_only=args.lr_only)
     print(json.dumps({"archive": str(args.archive), "files": len(paths), "pair": pair.name}))
     return 0
@@ -626,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--members", type=int, default=demo.DEMO_MEMBERS, metavar="N",
                     help=f"ensemble members per diffusion method in the evaluation (default "
                          f"{demo.DEMO_MEMBERS}): CRPS, spread-skill, rank histograms, ensemble-mean rows")
+    sp.add_argument("--synth-config", metavar="YAML",
+                    help="synthetic archive settings (default: configs/pairs.yaml; e.g. "
+                         "synth_realistic.yaml: textured clouds, see README 'Simulator realism')")
     sp.add_argument("--archive", help="real files of a single-sensor pair (e.g. --pair abi_abi --archive "
                     "../shared/data/abi-real): the real-data demo")
     sp.add_argument("--bbox", nargs=4, type=float, default=demo.REAL_DEMO_BBOX,
