@@ -1,14 +1,19 @@
 """Sensor and sensor-pair registry, declared in ``configs/sensors.yaml``."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import yaml
+from trollsift import Parser
 
-from ..config import build, config_path, read_yaml, require
+from ..config import build, config_path, key_of, read_yaml, require
 from ..errors import ConfigError
 
 Quantity = Literal["reflectance", "brightness_temperature"]
@@ -37,10 +42,104 @@ class Channel:
         require(self.resolution_m > 0, where, "resolution_m must be > 0")
 
 
+_FIELD = re.compile(r"\{([A-Za-z_]\w*)(:[^{}]*)?\}")  # a trollsift field: {name} or {name:spec}
+
+
+def _satpy_reader_files(reader: str) -> list[Path]:
+    """satpy's own ``etc/readers/<reader>.yaml``, then those of ``SATPY_CONFIG_PATH`` (later ones
+    override, as in satpy), found without importing satpy: importing it costs every CLI process
+    ~1.4 s, and the registry is loaded by all of them."""
+    spec = importlib.util.find_spec("satpy")
+    roots = [Path(loc) / "etc" for loc in (spec.submodule_search_locations or [])] if spec else []
+    roots += [Path(p) for p in os.environ.get("SATPY_CONFIG_PATH", "").split(os.pathsep) if p]
+    return [f for f in (r / "readers" / f"{reader}.yaml" for r in roots) if f.is_file()]
+
+
+@cache
+def _satpy_file_types(reader: str) -> dict[str, tuple[str, ...]] | None:
+    """``file_types: <type>: file_patterns`` of satpy's reader ``reader`` (None: no such reader),
+    read from its YAML definitions without importing the reader module or opening any data file."""
+    files = _satpy_reader_files(reader)
+    if not files:
+        return None
+    loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)  # plain strings; satpy's !!python tags unread
+    types: dict[str, tuple[str, ...]] = {}
+    for f in files:
+        with open(f) as fh:
+            data = yaml.load(fh, Loader=loader) or {}
+        for name, ft in (data.get("file_types") or {}).items():
+            if isinstance(ft, dict) and "file_patterns" in ft:
+                types[name] = tuple(ft["file_patterns"])
+    return types
+
+
+@dataclass
+class PatternsFrom:
+    """A format's file-name patterns taken from satpy's reader definition instead of copied from it:
+    the ``file_patterns`` of satpy file types ``file_types`` of the format's reader, those having
+    every field of ``with_fields`` and none of ``without_fields``, then specialised: ``fix`` sets a
+    field to a fixed text (ABI ``scene_abbr: C``, one format per scan sector), ``replace`` swaps a
+    literal text for another (each must occur once in every selected pattern)."""
+    file_types: list[str]
+    with_fields: list[str] = field(default_factory=list)
+    without_fields: list[str] = field(default_factory=list)
+    fix: dict[str, str] = field(default_factory=dict)
+    replace: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, where):
+        require(bool(self.file_types), where, "file_types: at least one satpy file type required")
+
+    def resolve(self, reader: str, where: str) -> list[str]:
+        """The trollsift patterns, in satpy's order (each once); errors name the key that fails."""
+        types = _satpy_file_types(reader)
+        if types is None:
+            raise ConfigError(f"{where}: satpy has no reader '{reader}'")
+        found = []
+        for ft in self.file_types:
+            if ft not in types:
+                raise ConfigError(f"{key_of(where, 'file_types')}: satpy reader {reader} has no file type "
+                                  f"'{ft}' (known: {', '.join(types)})")
+            found += [(ft, p) for p in types[ft]]
+        fields_of = {p: {m.group(1) for m in _FIELD.finditer(p)} for _, p in found}
+        for key in ("with_fields", "without_fields"):
+            for name in getattr(self, key):
+                if not any(name in fs for fs in fields_of.values()):
+                    raise ConfigError(f"{key_of(where, key)}: no pattern of satpy's {reader} "
+                                      f"{'/'.join(self.file_types)} has a field '{name}'")
+        chosen = [(ft, p) for ft, p in found
+                  if set(self.with_fields) <= fields_of[p] and not set(self.without_fields) & fields_of[p]]
+        if not chosen:
+            raise ConfigError(f"{where}: no pattern of satpy's {reader} {'/'.join(self.file_types)} has "
+                              f"fields {self.with_fields} and none of {self.without_fields}")
+        out: list[str] = []
+        for ft, p in chosen:
+            pat = p
+            for name, value in self.fix.items():
+                m = next((m for m in _FIELD.finditer(pat) if m.group(1) == name), None)
+                if m is None:
+                    raise ConfigError(f"{key_of(where, 'fix')}.{name}: no field {{{name}}} in satpy's "
+                                      f"{reader} {ft} pattern '{p}'")
+                if "{" in value or "}" in value or not Parser(m.group(0)).validate(value):
+                    raise ConfigError(f"{key_of(where, 'fix')}.{name}: '{value}' does not fit the field "
+                                      f"{m.group(0)} of satpy's {reader} {ft} pattern")
+                pat = pat[:m.start()] + value + pat[m.end():]
+            for old, new in self.replace.items():
+                if pat.count(old) != 1:
+                    raise ConfigError(f"{key_of(where, 'replace')}.{old}: occurs {pat.count(old)} times "
+                                      f"(must be once) in satpy's {reader} {ft} pattern '{p}'")
+                pat = pat.replace(old, new)
+            if pat not in out:
+                out.append(pat)
+        return out
+
+
 @dataclass
 class FileFormat:
     reader: str
-    patterns: list[str]
+    # trollsift file-name patterns: given here (a site's own product), or taken from satpy's reader
+    # definition by ``patterns_from`` (resolved into ``patterns`` when the registry is loaded)
+    patterns: list[str] = field(default_factory=list)
+    patterns_from: PatternsFrom | None = None
     time_key: str = "start_time"
     time_offset_s: float = 0.0  # added to the file-name time to get the nominal slot
     cycle_key: str | None = None  # a repeat-cycle counter in the name (FCI) defines the slot instead
@@ -51,6 +150,12 @@ class FileFormat:
     def validate(self, where):
         require(self.repeat_cycle_minutes is None or self.repeat_cycle_minutes > 0, where,
                 "repeat_cycle_minutes must be > 0")
+        if self.patterns_from is not None:
+            require(not self.patterns, key_of(where, "patterns_from"),
+                    "give patterns or patterns_from, not both")
+            self.patterns = self.patterns_from.resolve(self.reader, key_of(where, "patterns_from"))
+        require(bool(self.patterns), key_of(where, "patterns"),
+                "at least one file-name pattern required (or patterns_from: satpy file types)")
 
 
 @dataclass
