@@ -155,8 +155,8 @@ def test_reader_on_the_real_conus_files(conus):
 @pytest.mark.parametrize("key", [pytest.param("conus", marks=pytest.mark.slow), "meso"])
 def test_canonical_lonlat_is_satpys_and_sweep_y_would_not_be(satpy_ref, key):
     area, _ = satpy_ref[key]
-    grid, flip_rows, flip_cols = _grid_from_area(area, ABI)
-    assert grid.sweep == "x" and not flip_rows and not flip_cols  # ABI files are north-up, west-left
+    grid = _grid_from_area(area, ABI)
+    assert grid.sweep == "x"
     lon, lat = grid.lonlat()
     slon, slat = area.get_lonlats()
     assert np.isfinite(lon).all() and np.isfinite(slon).all()
@@ -174,7 +174,7 @@ def test_full_disk_areas_align_in_the_generic_envelope(satpy_ref):
     grids = {}
     for n in (5424, 21696):
         area = AreaDefinition("abi_fd", "abi_fd", "abi_fd", crs, n, n, (-half, -half, half, half))
-        grids[n], _, _ = _grid_from_area(area, ABI)
+        grids[n] = _grid_from_area(area, ABI)
         x, _ = area.get_proj_vectors()
         np.testing.assert_allclose(grids[n].x, x, atol=1e-3)
     assert grids[5424].scaled(4).extent == pytest.approx(grids[21696].extent)
@@ -300,3 +300,16 @@ def test_bad_abi_input_is_one_line_naming_the_file_and_writes_nothing(cli, tmp_p
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert needle in lines[0] and all(str(f) in lines[0] for f in files), lines[0]
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_a_south_up_area_is_refused_by_name():
+    """Orientation is satpy's (``upper_right_corner="NE"``): an area that is still south-up means a
+    reader ignored it, which is one clear error, never a silently flipped scene."""
+    from pyresample.geometry import AreaDefinition
+
+    from cloudsr_hpc.errors import InputError
+    crs = "+proj=geos +h=35786023 +lon_0=-137 +sweep=x +ellps=GRS80"
+    half = 100 * 2004.017288 / 2
+    area = AreaDefinition("s", "s", "s", crs, 100, 100, (half, half, -half, -half))
+    with pytest.raises(InputError, match="not north-up"):
+        _grid_from_area(area, ABI, "scene.nc")

@@ -40,19 +40,19 @@ def _where(files: list[str]) -> str:
     return f"{Path(files[0]).parent}/{{{len(files)} files}}"
 
 
-def _grid_from_area(area, sensor: Sensor, where: str = "") -> tuple[GeosGrid, bool, bool]:
-    """GeosGrid of a satpy AreaDefinition, plus whether rows / columns must be flipped.  Satellite
-    height, longitude, ellipsoid and sweep axis come from the area's CRS (pyproj), not from the
-    sensor: GOES-East and GOES-West are one sensor, and ABI scans with sweep x."""
+def _grid_from_area(area, sensor: Sensor, where: str = "") -> GeosGrid:
+    """GeosGrid of a north-up satpy AreaDefinition (loaded with ``upper_right_corner="NE"``).
+    Satellite height, longitude, ellipsoid and sweep axis come from the area's CRS (pyproj), not
+    from the sensor: GOES-East and GOES-West are one sensor, and ABI scans with sweep x."""
     where = where or sensor.name
     cf = area.crs.to_cf()
     if cf.get("grid_mapping_name") != "geostationary":
         raise InputError(f"{where}: {sensor.name} data on a {cf.get('grid_mapping_name', area.crs.name)} "
                          f"projection, not a geostationary fixed grid")
-    x0, y0, x1, y1 = area.area_extent  # satpy may give west>east / south>north (SEVIRI, FCI south-up)
-    flip_cols, flip_rows = x0 > x1, y0 > y1
-    west, east = sorted((x0, x1))
-    south, north = sorted((y0, y1))
+    west, south, east, north = area.area_extent
+    if west > east or south > north:  # a reader that ignored upper_right_corner
+        raise InputError(f"{where}: {sensor.name} reader gave a {area.area_extent} area that is not "
+                         "north-up, east-right")
     step = (east - west) / area.width
     h = float(cf["perspective_point_height"])
     # A symmetric full-disk envelope (>= the Earth disk) that this window is aligned to; only the
@@ -68,15 +68,7 @@ def _grid_from_area(area, sensor: Sensor, where: str = "") -> tuple[GeosGrid, bo
                     full_rows=full, full_cols=full, row0=int(round(row0)), col0=int(round(col0)),
                     nrows=area.height, ncols=area.width, h=h, a=float(ellipsoid.semi_major_metre),
                     b=float(ellipsoid.semi_minor_metre), sweep=str(cf.get("sweep_angle_axis", "y")))
-    return grid, flip_rows, flip_cols
-
-
-def _orient(arr: np.ndarray, flip_rows: bool, flip_cols: bool) -> np.ndarray:
-    if flip_rows:
-        arr = arr[::-1]
-    if flip_cols:
-        arr = arr[:, ::-1]
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return grid
 
 
 def _check_files(files: list[str]) -> None:
@@ -164,8 +156,11 @@ def _load_channels(scn, sensor: Sensor, channels: list[str], where: str) -> None
         # compute synchronously, which is also deterministic and memory-bounded per scene
         with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
             warnings.simplefilter("ignore")
+            # geostationary images north-up, east-right (row 0 north, column 0 west: the canonical
+            # grid) by satpy's own flip, data and area together (SEVIRI and FCI files are south-up)
+            orient = {"upper_right_corner": "NE"} if sensor.kind == "geostationary" else {}
             for c in channels:
-                scn.load([c], calibration=sensor.channel(c).quantity)
+                scn.load([c], calibration=sensor.channel(c).quantity, **orient)
     except Exception as e:
         raise _reader_failed(where, sensor, e) from None
 
@@ -296,8 +291,8 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str],
     sources = [Path(f).name for f in files]
     grid = None
     if sensor.kind == "geostationary":
-        grid, fr, fc = _grid_from_area(area, sensor, where)
-        values = {c: _orient(v, fr, fc) for c, v in values.items()}
+        grid = _grid_from_area(area, sensor, where)
+        values = {c: np.ascontiguousarray(v, dtype=np.float32) for c, v in values.items()}
         ds = make_scene(values, sensor, start, grid=grid, platform=platform, source_files=sources)
     else:
         lon, lat = area.get_lonlats()
