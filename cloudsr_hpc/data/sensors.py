@@ -55,6 +55,9 @@ def _satpy_reader_files(reader: str) -> list[Path]:
     return [f for f in (r / "readers" / f"{reader}.yaml" for r in roots) if f.is_file()]
 
 
+_PYTHON_TAG = re.compile(r"!!python/\S+")
+
+
 @cache
 def _satpy_file_types(reader: str) -> dict[str, tuple[str, ...]] | None:
     """``file_types: <type>: file_patterns`` of satpy's reader ``reader`` (None: no such reader),
@@ -62,11 +65,10 @@ def _satpy_file_types(reader: str) -> dict[str, tuple[str, ...]] | None:
     files = _satpy_reader_files(reader)
     if not files:
         return None
-    loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)  # plain strings; satpy's !!python tags unread
     types: dict[str, tuple[str, ...]] = {}
     for f in files:
-        with open(f) as fh:
-            data = yaml.load(fh, Loader=loader) or {}
+        # satpy's !!python/name: tags name its reader classes; dropped, so safe_load reads the rest
+        data = yaml.safe_load(_PYTHON_TAG.sub("", Path(f).read_text())) or {}
         for name, ft in (data.get("file_types") or {}).items():
             if isinstance(ft, dict) and "file_patterns" in ft:
                 types[name] = tuple(ft["file_patterns"])
