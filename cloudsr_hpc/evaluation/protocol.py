@@ -143,10 +143,10 @@ def attach_calibration(methods: dict[str, Cascade], cfg: EvaluateConfig) -> None
     if cfg.members < 2:
         raise ConfigError(f"evaluate.calibration: {cfg.calibration} inflates ensemble spread; it needs "
                           "evaluate.members >= 2")
-    fitted = [c for c in calibration.load(cfg.calibration)]
+    fitted = calibration.load(cfg.calibration)
     hits = []
     for name, meth in methods.items():
-        match = next((c for c in fitted if c.matches(meth)), None)
+        match = calibration.find(fitted, meth)
         if match is not None and meth.stochastic:
             meth.spread_inflation = match.factors()
             hits.append(name)

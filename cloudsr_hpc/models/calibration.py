@@ -91,13 +91,18 @@ def load(path: str | Path) -> list[SpreadCalibration]:
     return out
 
 
+def find(cals: list[SpreadCalibration], cascade) -> SpreadCalibration | None:
+    """The entry fitted for exactly this cascade's stages, sampler and channels, or None."""
+    return next((c for c in cals if c.matches(cascade)), None)
+
+
 def attach(cascade, path: str | Path, key: str = "calibration") -> SpreadCalibration:
     """Set ``cascade.spread_inflation`` from the file's entry made for exactly these stages."""
     cals = load(path)
-    for c in cals:
-        if c.matches(cascade):
-            cascade.spread_inflation = c.factors()
-            return c
+    hit = find(cals, cascade)
+    if hit is not None:
+        cascade.spread_inflation = hit.factors()
+        return hit
     def exports(stages: list[dict]) -> str:
         return ", ".join(f"stage {s['stage']} {s['sha256'][:12]} {s['sampler'] or ''}".strip()
                          for s in stages)
