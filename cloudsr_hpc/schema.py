@@ -190,13 +190,22 @@ class TrainConfig:
     keep_checkpoints: int = 3  # verified step directories kept (older ones go once a newer one verified)
     log_every: int = 10
     out_dir: str = "runs/stage1"
+    # input pipeline: DataLoader worker processes (0: in the training process), batches each prefetches
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    # GPU-scale options (same code path on CPU): recompute activations in backward, fused AdamW
+    # kernel on a GPU, torch.compile of the network
+    activation_checkpointing: bool = False
+    fused_adamw: bool = True
+    compile: bool = False
 
     def validate(self, where):
         require(self.zero_stage in (0, 1, 2), where, "zero_stage must be 0, 1 or 2")
         require(self.batch_size >= 1 and self.steps >= 1, where, "batch_size and steps must be >= 1")
         require(self.lr > 0, where, "lr must be > 0")
         check_ranges(where, self, seed=">= 0", grad_accum=">= 1", grad_clip=">= 0", ema_decay="[0, 1)",
-                     val_every=">= 1", ckpt_every=">= 1", log_every=">= 1")
+                     val_every=">= 1", ckpt_every=">= 1", log_every=">= 1", num_workers="[0, 64]",
+                     prefetch_factor="[1, 64]")
         require(bool(self.out_dir), where, "out_dir must not be empty")
         require(self.keep_checkpoints >= 1, where, "keep_checkpoints must be >= 1")
 
