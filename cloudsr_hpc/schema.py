@@ -341,6 +341,11 @@ class EvaluateConfig:
                      band_rows=">= 1", cpu_threads="[0, 1024]", members="[1, 64]")
 
 
+# sbatch/srun --gpu-bind=[verbose,]TYPE
+GPU_BIND = (r"(?:verbose,)?(?:closest|none|(?:single|per_task):[0-9]{1,3}"
+            r"|(?:map_gpu|mask_gpu):[0-9a-fA-Fx*,]+)")
+
+
 @dataclass
 class ClusterProfile:
     """``configs/cluster/<name>.yaml``: what a site needs in its job scripts.  A 0 takes the job
@@ -355,10 +360,27 @@ class ClusterProfile:
     time_minutes: int = 0
     setup: list[str] = field(default_factory=list)   # module load / conda activate lines (CLOUDSR_SETUP)
     array_parallelism: int = 0
+    # GPU sites: one rank per GPU.  gpus_per_task N > 0 asks --gpus-per-task=N instead of
+    # --gpus-per-node (gpus_per_node / N ranks per node); gpu_bind is --gpu-bind (single:1, closest,
+    # map_gpu:..., per_task:N, none): each rank sees its own GPU (cloudsr_hpc.core.devices)
+    gpus_per_task: int = 0
+    gpu_bind: str = ""
+    # exported in the jobs after the setup lines (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG, ...)
+    env: dict[str, str | int] = field(default_factory=dict)
 
     def validate(self, where):  # 0: the job definition's value
+        import re
         check_ranges(where, self, gpus_per_node=">= 0", cpus_per_task=">= 0", mem_gb=">= 0",
-                     time_minutes=">= 0", array_parallelism=">= 0")
+                     time_minutes=">= 0", array_parallelism=">= 0", gpus_per_task=">= 0")
+        require(not (self.gpus_per_task and self.gpus_per_node % self.gpus_per_task),
+                f"{where}: gpus_per_task",
+                f"{self.gpus_per_task} does not divide gpus_per_node {self.gpus_per_node}")
+        require(not self.gpu_bind or re.fullmatch(GPU_BIND, self.gpu_bind) is not None, f"{where}: gpu_bind",
+                f"{self.gpu_bind!r}: expected closest, single:N, per_task:N, map_gpu:LIST, mask_gpu:LIST "
+                f"or none")
+        for key in self.env:
+            require(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) is not None, f"{where}: env",
+                    f"{key!r}: not an environment variable name")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Inference of one or more dates, all ranks sharing each scene (MPI row bands), from any directory:
 #   sbatch [/path/to/]slurm/infer.sh --date 2024-06-01T12:00 [--end ...] [--archive DIR] [--out DIR] [--set key=value ...]
-#   sbatch --ntasks-per-node=4 --gpus-per-node=4 --mem=16G slurm/infer.sh --date ...       # GPU site
+#   sbatch --ntasks-per-node=4 --gpus-per-node=4 --gpu-bind=single:1 --mem=16G slurm/infer.sh --date ...  # GPU site: a rank per GPU
 # Arguments go to python -m cloudsr_hpc.infer (relative paths are the checkout's: the job runs there).
 # --mem: a rank of the cascade peaks at 2.6-3.1 GB; 8G is two ranks per node (scale it with the ranks).
 # Requeue-safe: finished scenes verify and are kept; SIGUSR1 (60 s before the limit) stops cleanly

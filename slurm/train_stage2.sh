@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage 2 training: sbatch [/path/to/]slurm/train_stage2.sh [--set key=value ...]   (from any directory)
 # GPU sites add their GPUs on the command line (kept out of #SBATCH so the script runs unchanged on
-# CPU-only clusters): sbatch --nodes=4 --ntasks-per-node=4 --gpus-per-node=4 --mem=64G slurm/train_stage2.sh
+# CPU-only clusters), one rank per GPU, e.g. (or: submit train --cluster PROFILE, configs/cluster/example-gpu.yaml)
+#   sbatch --nodes=4 --ntasks-per-node=4 --gpus-per-node=4 --gpu-bind=single:1 --cpus-per-task=8 --mem=64G slurm/train_stage2.sh
 # --mem: a rank peaks at about 3 GB; 8G is two ranks per node (scale it with --ntasks-per-node).
 # Environment: CLOUDSR_ROOT, CLOUDSR_SETUP, PYTHON (slurm/env.sh), CONFIG (default configs/stage2.yaml).
 #SBATCH --job-name=cloudsr-stage2

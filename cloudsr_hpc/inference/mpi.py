@@ -21,7 +21,8 @@ class Ranks:
 
     @property
     def local_rank(self) -> int:
-        for var in ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
+        for var in ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID",
+                    "PMI_LOCAL_RANK", "SLURM_LOCALID"):
             if var in os.environ:
                 return int(os.environ[var])
         return self.rank

@@ -4,8 +4,11 @@
   memory, time), ``requeue`` and ``signal`` (sbatch options, overriding the script's ``#SBATCH``
   lines), a campaign's array throttle; its inputs and outputs are shown by ``--dry-run``.  It is
   validated on load (unknown keys, a bad signal, a missing script: one error naming the key).
-  The cluster profile (``configs/cluster/<name>.yaml``: partition, account, QoS, GPUs, memory,
-  time, set-up lines) overrides the resources, and the command line overrides both.
+  The cluster profile (``configs/cluster/<name>.yaml``: partition, account, QoS, GPUs and their
+  binding, memory, time, set-up lines and exported variables) overrides the resources, and the
+  command line overrides both.  GPU jobs run one rank per GPU: ``--ntasks-per-node`` = GPUs per
+  node (a request for more ranks than GPUs is refused), ``--gpus-per-node`` or ``--gpus-per-task``,
+  and ``--gpu-bind`` when the profile says.
 * ``slurm``: training and inference are the ``slurm/*.sh`` scripts, submitted with ``sbatch``
   (argument lists, never a shell string; the profile's set-up lines travel as ``CLOUDSR_SETUP``);
   campaigns are Submitit job arrays of :class:`CampaignWorker` (checkpointable: a preempted or
@@ -31,6 +34,7 @@ from pathlib import Path
 import submitit
 
 from ..config import PACKAGE_ROOT, build, config_path, load, read_yaml
+from ..core.devices import OVERSUBSCRIBE_VAR, oversubscribed
 from ..errors import CloudSRError, ConfigError
 from ..schema import ClusterProfile, JobDef
 
@@ -105,11 +109,17 @@ def sbatch_args(job: JobDef, profile: ClusterProfile, *, ntasks: int | None = No
     script's ``#SBATCH`` lines, so the job definition decides (resources, requeue, signal)."""
     r = job.resources
     gpus = gpus_per_node if gpus_per_node is not None else (profile.gpus_per_node or r.gpus_per_node)
+    per_task = profile.gpus_per_task or 1  # GPUs per rank: one rank per GPU unless the profile says more
     minutes = time_minutes or profile.time_minutes or r.time_minutes
     args = ["--parsable", f"--nodes={nodes or r.nodes}",
             f"--cpus-per-task={profile.cpus_per_task or r.cpus_per_task}",
             f"--time={minutes // 60:02d}:{minutes % 60:02d}:00"]
-    per_node = -(-ntasks // (nodes or r.nodes)) if ntasks else (gpus or r.ntasks_per_node)
+    per_node = -(-ntasks // (nodes or r.nodes)) if ntasks else (max(1, gpus // per_task) if gpus
+                                                               else r.ntasks_per_node)
+    if gpus and not profile.gpus_per_task and per_node > gpus and not oversubscribed():
+        raise ConfigError(f"{per_node} ranks per node but {gpus} GPUs per node: one rank per GPU (fewer "
+                          f"--ranks, more --nodes or --gpus-per-node), or {OVERSUBSCRIBE_VAR}=1 to share "
+                          f"GPUs")
     args.append(f"--ntasks-per-node={per_node}")
     if _mem_gb(job, profile, per_node):
         args.append(f"--mem={_mem_gb(job, profile, per_node)}G")
@@ -122,7 +132,11 @@ def sbatch_args(job: JobDef, profile: ClusterProfile, *, ntasks: int | None = No
         if value:
             args.append(f"{flag}={value}")
     if gpus:
-        args.append(f"--gpus-per-node={gpus}")
+        # --gpus-per-task: Slurm gives each task its own; --gpu-bind: each task sees only its own
+        args.append(f"--gpus-per-task={profile.gpus_per_task}" if profile.gpus_per_task
+                    else f"--gpus-per-node={gpus}")
+        if profile.gpu_bind:
+            args.append(f"--gpu-bind={profile.gpu_bind}")
     if after:
         args.append(f"--dependency=afterok:{after}")
     return args
@@ -167,12 +181,19 @@ def sbatch(job: JobDef, options: list[str], script_args: list[str], env: dict | 
     return p.stdout.strip().split(";")[0]
 
 
+def setup_lines(profile: ClusterProfile) -> list[str]:
+    """The profile's set-up lines, then an ``export NAME=VALUE`` line per ``env`` entry (NCCL_*: after
+    any module load, so the profile's values win)."""
+    return [*profile.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in profile.env.items())]
+
+
 def setup_env(profile: ClusterProfile) -> dict | None:
-    """The profile's set-up lines travel to the scripts as CLOUDSR_SETUP (evaluated on the node by
-    slurm/env.sh before it picks the python); None: the caller's environment as it is."""
-    if not profile.setup:
+    """The profile's set-up lines (:func:`setup_lines`) travel to the scripts as CLOUDSR_SETUP
+    (evaluated on the node by slurm/env.sh before it picks the python); None: the caller's
+    environment as it is."""
+    if not setup_lines(profile):
         return None
-    return dict(os.environ, CLOUDSR_SETUP="; ".join(profile.setup))
+    return dict(os.environ, CLOUDSR_SETUP="; ".join(setup_lines(profile)))
 
 
 # ----------------------------------------------------------------------------- campaign workers
@@ -182,9 +203,9 @@ class CampaignWorker(submitit.helpers.Checkpointable):
     the requeued task takes back the claims it held."""
 
     def __call__(self, cdir: str) -> dict:
-        from ..cli import setup_logging
+        from ..cli import setup_process
         from .campaign import work
-        setup_logging()
+        setup_process()
         return work(cdir)
 
     def checkpoint(self, cdir: str):
@@ -265,7 +286,7 @@ def campaign_executor(cdir: Path, kind: str, job: JobDef, profile: ClusterProfil
         extra["requeue" if job.requeue else "no_requeue"] = True
         params.update(slurm_partition=profile.partition or None, slurm_additional_parameters=extra,
                       slurm_array_parallelism=campaign_array(job, profile, workers)[1],
-                      slurm_setup=list(profile.setup), slurm_signal_delay_s=_submitit_signal(job))
+                      slurm_setup=setup_lines(profile), slurm_signal_delay_s=_submitit_signal(job))
         if profile.gpus_per_node:
             params["gpus_per_node"] = 1  # one GPU per worker
         if _mem_gb(job, profile, 1):

@@ -3,7 +3,8 @@
 torchrun / the deepspeed launcher export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; under
 srun, submitit's ``TorchDistributedEnvironment`` derives them from the Slurm job (first node of
 ``scontrol show hostnames`` as master); under mpiexec, DeepSpeed's MPI discovery does.  A plain
-``python`` run is a world of one.  GPUs use NCCL, CPUs gloo.
+``python`` run is a world of one.  GPUs use NCCL, CPUs gloo; each rank drives one GPU of its node
+(:mod:`cloudsr_hpc.core.devices`: bound or unbound, never more ranks than GPUs).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from ..core.devices import local_size, rank_device_index
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,10 @@ def init_distributed(port: int = 29500, timeout_min: float = 15.0) -> DistInfo:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
+        # one rank per GPU (bound or unbound); more ranks than GPUs is a ConfigError naming the counts
+        n = local_size()
+        torch.cuda.set_device(rank_device_index(local, torch.cuda.device_count(),
+                                                local_ranks=min(n, world) if n else None))
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
