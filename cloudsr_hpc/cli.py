@@ -9,6 +9,14 @@ from .errors import CloudSRError, one_line
 NOISY = ("satpy", "pyresample", "pyorbital", "h5py", "fsspec")
 
 
+def setup_process(verbose: bool = False) -> None:
+    """What every entry point does first: logging, and glibc's allocator told to reuse freed
+    memory (:func:`cloudsr_hpc.core.resources.reuse_heap`)."""
+    from .core.resources import reuse_heap
+    setup_logging(verbose)
+    reuse_heap()
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from .cli import guarded, setup_logging
+from .cli import guarded, setup_process
 from .config import load
 from .errors import ConfigError
 from .schema import EvaluateConfig
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (default: out_dir of the config)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_process(args.verbose)
 
     def go() -> int:
         cfg = load(EvaluateConfig, args.config,

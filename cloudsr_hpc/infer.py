@@ -28,7 +28,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .cli import guarded, setup_logging
+from .cli import guarded, setup_process
 from .config import load
 from .core import signals
 from .errors import CloudSRError, Interrupted, one_line
@@ -159,7 +159,7 @@ def _existing(pipe, sc, ranks, full: bool = False):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_process()
     return guarded(run, args)
 
 

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from . import demo
-from .cli import guarded, setup_logging
+from .cli import guarded, setup_process
 from .config import config_path, dump_yaml, load
 from .errors import CloudSRError, ConfigError, InputError, one_line
 
@@ -642,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_process(args.verbose)
     return guarded(args.fn, args)
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from .cli import guarded, setup_logging
+from .cli import guarded, setup_process
 from .config import load
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    setup_logging()
+    setup_process()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     return guarded(_train, args)
 

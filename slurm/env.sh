@@ -15,6 +15,7 @@
 #                  source venv/bin/activate ('submit ... --cluster PROFILE' sets it from the
 #                  profile's setup: list; for plain sbatch export it yourself)
 #   PYTHON         the interpreter; default: see below
+#   CLOUDSR_GPU_OVERSUBSCRIBE=1  let more ranks than GPUs share a node's GPUs (cloudsr_hpc.core.devices)
 _here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P) || exit 1
 if [ -n "${CLOUDSR_ROOT:-}" ] && [ "$(cd "$CLOUDSR_ROOT" 2>/dev/null && pwd -P)" != "$_here" ]; then
   echo "cloudsr-hpc: CLOUDSR_ROOT=$CLOUDSR_ROOT is not a CloudSR-HPC checkout (no slurm/env.sh there)" >&2
@@ -46,4 +47,16 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   exit 1
 fi
 echo "cloudsr-hpc: checkout $CLOUDSR_ROOT, python $PY"
+# one rank per task, its threads (torch intra-op, OpenMP) on the task's CPUs: --cpus-per-task of the
+# job (its input workers are processes of their own, one thread each)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# srun does not inherit sbatch's --cpus-per-task (Slurm 22.05+): without this every rank of the
+# scripts' srun step would be confined to one CPU
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-$SLURM_CPUS_PER_TASK}; fi
+# glibc's allocator: keep freed memory for reuse instead of mapping every large buffer (tile
+# batches, activations, accumulators) afresh and faulting its pages in again -- on a demo scene that
+# kernel work cost as much time as the model (cloudsr_hpc.core.resources.reuse_heap, which every
+# entry point also applies; CLOUDSR_MALLOC=system keeps glibc's defaults)
+if [ "${CLOUDSR_MALLOC:-reuse}" != system ]; then
+  export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-2147483647}
+fi

@@ -1,4 +1,5 @@
 """Full-disk inference: tiling exactness, rank-count invariance, seams, the CF output, failures."""
+import json
 import os
 import signal
 import subprocess
@@ -113,8 +114,17 @@ def test_same_output_whatever_the_rank_count_and_tile_size(models, scene, tmp_pa
         p = run_infer("--input", scene, "--out", tmp_path / f"n{n}", *common, n=n, threads=1)
         assert p.returncode == 0, p.stderr[-2000:]
         outs[n] = channels(tmp_path / f"n{n}" / NAME.format("cascade"))
+        summary = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
     assert np.isfinite(outs[1]).any()
     np.testing.assert_array_equal(outs[1], outs[2])
+    # the per-rank breakdown of the 2-rank run: every rank ran the model, blended and wrote its
+    # band; only rank 0 read the scene and merged the other's part
+    stages = summary["stages_s_per_rank"]
+    assert len(stages) == 2
+    for st in stages:
+        assert all(st.get(k, 0) > 0 for k in ("model", "blend", "compress", "write", "cut")), st
+        assert st["model"] + st["blend"] < summary["seconds"]["total"]
+    assert stages[0]["read"] > 0 and stages[0]["merge"] > 0 and "read" not in stages[1]
     reg = sets(*model_sets(models), "stages=regression", "overlap_lr=18", "chunk=64")
     for tile in (40, 56):
         p = run_infer("--input", scene, "--out", tmp_path / f"t{tile}", *reg, "--set", f"tile_lr={tile}", n=2)

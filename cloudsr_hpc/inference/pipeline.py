@@ -28,6 +28,7 @@ from ..core import signals
 from ..core.files import sha256
 from ..core.norm import denormalise, normalise
 from ..core.resources import peak_rss_mb
+from ..core.timing import StageClock
 from ..data.geometry import GeosGrid
 from ..data.scene import channel_attrs, history_line, read_scene, scene_grid, scene_time
 from ..data.sensors import Registry
@@ -164,6 +165,9 @@ class SceneResult:
     compute_s: list = field(default_factory=list)  # per rank: its band's tiles, blending and writing
     rank_tiles: list = field(default_factory=list)  # per rank, halo tiles counted by both neighbours
     record: dict = field(default_factory=dict)  # {"size", "sha256"} of the published file (rank 0)
+    # per rank: seconds per stage (read, normalise, scatter, cut, h2d, model, d2h, ensemble, blend,
+    # denormalise, compress (thread-seconds), wait_compress, write, wait (for other ranks), merge)
+    stages_s: list = field(default_factory=list)
 
 
 class ScenePipeline:
@@ -264,21 +268,27 @@ class ScenePipeline:
         scene's start time."""
         r = self.ranks
         t0 = time.perf_counter()
+        clock = self.runner.clock = StageClock(self.runner.clock._sync)
         scene, err = None, None
         if r.rank == 0:
             try:
-                scene = read_input(files, self.reg, self.pair.lr, self.pair.lr_channels)
+                with clock("read"):
+                    scene = read_input(files, self.reg, self.pair.lr, self.pair.lr_channels)
             except Exception as e:  # noqa: BLE001 - every rank must hear of it, not wait in a collective
                 err = _message(e, files[0] if files else "input")
-        self._fail_if(r.agree(err), InputError)
+        with clock("wait"):
+            err = r.agree(err)
+        self._fail_if(err, InputError)
         meta = r.bcast(None if scene is None else {k: v for k, v in scene.__dict__.items() if k != "values"})
         lr = valid = views = None
         if r.rank == 0:
             if self.cfg.quicklook:
                 views = quicklook_views(scene.values)  # small: taken before normalising in place
-            lr, valid = normalise(scene.values, *self.cascade.input_norm(), out=scene.values)
+            with clock("normalise"):
+                lr, valid = normalise(scene.values, *self.cascade.input_norm(), out=scene.values)
         scene = LRScene(None, **meta)
-        valid = r.bcast_array(valid)
+        with clock("scatter"):
+            valid = r.bcast_array(valid)
         tiles, origin = self.plan(valid, scene.grid)
         s, h = self.scale, valid.shape[0]
         chunk = min(self.cfg.chunk, h * s)
@@ -286,7 +296,8 @@ class ScenePipeline:
         bands = partition_bands(np.array(weights), chunk, h * s, r.size)
         a, b = bands[r.rank]
         mine = band_tiles(tiles, s, a, b)
-        lr, row_offset = self._scatter_rows(lr, [band_tiles(tiles, s, *band) for band in bands])
+        with clock("scatter"):
+            lr, row_offset = self._scatter_rows(lr, [band_tiles(tiles, s, *band) for band in bands])
         t_read = time.perf_counter() - t0
         final = self.output_path(slot or scene.time)
         spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr,
@@ -314,14 +325,17 @@ class ScenePipeline:
         except Exception as e:  # noqa: BLE001
             err = _message(e, final, f"write failed on rank {r.rank}")
         t_compute = time.perf_counter() - t1
-        self._fail_if(r.agree(err), OutputError, claim)
+        with clock("wait"):  # for the slowest rank
+            err = r.agree(err)
+        self._fail_if(err, OutputError, claim)
 
         t2, err, record = time.perf_counter(), None, {}
         if r.rank == 0:
             try:
-                for k, (pa, pb) in enumerate(bands[1:], start=1):
-                    if pb > pa:
-                        merge_part(claim.tmp, claim.part(k), pa, spec.variables)
+                with clock("merge"):
+                    for k, (pa, pb) in enumerate(bands[1:], start=1):
+                        if pb > pa:
+                            merge_part(claim.tmp, claim.part(k), pa, spec.variables)
                 record_chunk_index(claim.tmp)
                 if views is not None:  # before the rename: an output under its final name has its quicklook
                     self._draw_quicklook(views, claim.tmp, final)
@@ -334,13 +348,16 @@ class ScenePipeline:
             claim.discard(0, r.size)
         t_merge = time.perf_counter() - t2
         seconds = {"read": t_read, "compute": t_compute, "merge": t_merge, "total": time.perf_counter() - t0}
-        per_rank = r.gather((peak_rss_mb(), round(t_compute, 2), len(mine)))
+        per_rank = r.gather((peak_rss_mb(), round(t_compute, 2), len(mine), clock.rounded()))
         if r.rank == 0:
             log.info("%s: %d tiles on %d rank(s), %.1f s (read %.1f, compute %.1f, merge %.1f); per rank "
                      "(peak RSS MB, compute s, tiles): %s", final.name, len(tiles), r.size, seconds["total"],
-                     t_read, t_compute, t_merge, per_rank)
-        return SceneResult(final, len(tiles), seconds, r.size, [x[0] for x in per_rank or []],
-                           [x[1] for x in per_rank or []], [x[2] for x in per_rank or []], record)
+                     t_read, t_compute, t_merge, [x[:3] for x in per_rank])
+            log.info("seconds per stage, rank 0: %s", per_rank[0][3])
+        per_rank = per_rank or []
+        return SceneResult(final, len(tiles), seconds, r.size, [x[0] for x in per_rank],
+                           [x[1] for x in per_rank], [x[2] for x in per_rank], record,
+                           [x[3] for x in per_rank])
 
     def _fail_if(self, err: str | None, kind, claim: OutputClaim | None = None) -> None:
         """On an agreed error every rank removes what it wrote (its part; rank 0 the temporary
@@ -394,7 +411,8 @@ class ScenePipeline:
                       spec: OutputSpec, target: Path, a: int, b: int, part: bool) -> None:
         lo, hi = self.cascade.output_norm()
         tile_rows = max((t.rows for t in tiles), default=0)
-        sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads)
+        clock = self.runner.clock
+        sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads, clock)
         from tqdm import tqdm
         bar = tqdm(total=len(tiles), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
                    disable=not (self.progress and self.ranks.rank == 0))
@@ -407,8 +425,10 @@ class ScenePipeline:
         try:
             results = counted(self.runner.run(lr, tiles, origin, row_offset))
             for row, block in stitch_rows(results, valid.shape, self.scale, self.blend, len(spec.planes),
-                                          a, b, spec.chunks[0], tile_rows):
-                sink.write(row, band_planes(block, spec, lo, hi))
+                                          a, b, spec.chunks[0], tile_rows, clock):
+                with clock("denormalise"):
+                    planes = band_planes(block, spec, lo, hi)
+                sink.write(row, planes)
         finally:
             bar.close()
             sink.close()
@@ -488,4 +508,5 @@ def json_summary(res: SceneResult) -> str:
     return json.dumps({"output": str(res.path), "tiles": res.tiles, "ranks": res.ranks,
                        "seconds": {k: round(v, 2) for k, v in res.seconds.items()},
                        "peak_rss_mb": res.peak_rss_mb,
-                       "compute_s_per_rank": res.compute_s, "tiles_per_rank": res.rank_tiles, **res.record})
+                       "compute_s_per_rank": res.compute_s, "tiles_per_rank": res.rank_tiles,
+                       "stages_s_per_rank": res.stages_s, **res.record})

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core import signals
+from ..core.timing import StageClock
 from ..models.calibration import inflate
 from ..models.cascade import Cascade
 from .tiling import Tile
@@ -35,10 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(local_rank: int | None = None) -> torch.device:
-    """The rank's GPU (``LOCAL_RANK`` modulo visible GPUs) or the CPU."""
+    """The rank's own GPU (:func:`cloudsr_hpc.core.devices.rank_device_index`: bound or unbound, a
+    ConfigError naming the counts when a node has more ranks than GPUs), or the CPU.  ``local_rank``
+    None: a process alone."""
     if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        return torch.device("cuda", (local_rank or 0) % n)
+        from ..core.devices import rank_device_index
+        return torch.device("cuda", rank_device_index(local_rank, torch.cuda.device_count()))
     return torch.device("cpu")
 
 
@@ -56,17 +59,20 @@ class TileRunner:
             if compile:
                 st.model = torch.compile(st.model, dynamic=False)
         self.scale = cascade.scale
+        # per-stage seconds (cut, h2d, model, d2h, ensemble, wait_input); a scene may swap in its own
+        self.clock = StageClock(torch.cuda.synchronize if device.type == "cuda" else None)
 
     def _host_batch(self, lr: np.ndarray, tiles: list[Tile], off: int,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        padded = tiles + [tiles[-1]] * (self.batch_size - len(tiles))
-        x = np.stack([lr[:, t.row0 - off:t.row0 - off + t.rows, t.col0:t.col0 + t.cols] for t in padded])
-        m = np.isfinite(x)  # per channel: NaN marks what a channel lacks (space, night reflectance)
-        x[~m] = 0.0
-        x, m = torch.from_numpy(x), torch.from_numpy(m.astype(np.float32))
-        if self.device.type == "cuda":
-            x, m = x.pin_memory(), m.pin_memory()
-        return x, m
+        with self.clock("cut"):  # on the prefetch thread, overlapping the device's batch
+            padded = tiles + [tiles[-1]] * (self.batch_size - len(tiles))
+            x = np.stack([lr[:, t.row0 - off:t.row0 - off + t.rows, t.col0:t.col0 + t.cols] for t in padded])
+            m = np.isfinite(x)  # per channel: NaN marks what a channel lacks (space, night reflectance)
+            x[~m] = 0.0
+            x, m = torch.from_numpy(x), torch.from_numpy(m.astype(np.float32))
+            if self.device.type == "cuda":
+                x, m = x.pin_memory(), m.pin_memory()
+            return x, m
 
     def run(self, lr: np.ndarray, tiles: list[Tile], origin_hr: tuple[int, int] = (0, 0),
             row_offset: int = 0) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
@@ -83,7 +89,8 @@ class TileRunner:
             nxt = pool.submit(self._host_batch, lr, batches[0], row_offset)
             for k, batch in enumerate(batches):
                 signals.check("inference")  # a stop request (time limit, cancel) ends the scene here
-                x, m = nxt.result()
+                with self.clock("wait_input"):
+                    x, m = nxt.result()
                 if k + 1 < len(batches):
                     nxt = pool.submit(self._host_batch, lr, batches[k + 1], row_offset)
                 origins = [(r0 + t.row0 * s, c0 + t.col0 * s) for t in batch]
@@ -95,10 +102,13 @@ class TileRunner:
 
     def _forward(self, x: torch.Tensor, m: torch.Tensor, origins,
                  member: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        with self.clock("h2d", sync=True):
+            x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
+        with self.clock("model", sync=True), torch.inference_mode(), \
+                torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             pred, hr_mask = self.cascade(x, m, origins, member=member)
-        return pred.float().cpu().numpy(), hr_mask.float().cpu().numpy()
+        with self.clock("d2h"):
+            return pred.float().cpu().numpy(), hr_mask.float().cpu().numpy()
 
     def _ensemble(self, x: torch.Tensor, m: torch.Tensor, origins) -> tuple[np.ndarray, np.ndarray]:
         """(N, planes, H, W): the members' mean, sample variance and (kept) members, channel-major
@@ -107,15 +117,16 @@ class TileRunner:
         kept = []
         for k in range(self.members):
             pred, hr_mask = self._forward(x, m, origins, member=k)
-            if self.keep_members:
-                kept.append(pred)
-            p = pred.astype(np.float64)
-            if mean is None:
-                mean, m2 = p.copy(), np.zeros_like(p)
-                continue
-            delta = p - mean
-            mean += delta / (k + 1)
-            m2 += delta * (p - mean)
+            with self.clock("ensemble"):
+                if self.keep_members:
+                    kept.append(pred)
+                p = pred.astype(np.float64)
+                if mean is None:
+                    mean, m2 = p.copy(), np.zeros_like(p)
+                    continue
+                delta = p - mean
+                mean += delta / (k + 1)
+                m2 += delta * (p - mean)
         var = m2 / (self.members - 1)
         alpha = getattr(self.cascade, "spread_inflation", None)
         if alpha is not None:  # calibrated spread: anomalies scaled by alpha, the mean as it is

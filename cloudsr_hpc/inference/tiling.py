@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.timing import StageClock
 from ..data.geometry import window_starts
 
 
@@ -132,11 +133,12 @@ def interior_edges(t: Tile, scene_rows: int, scene_cols: int) -> tuple[bool, boo
 
 def stitch_rows(results: Iterable[tuple[Tile, np.ndarray, np.ndarray]], scene_lr: tuple[int, int], scale: int,
                 blend: Blend, channels: int, a: int, b: int, chunk: int,
-                tile_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+                tile_rows: int, clock: StageClock | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Blend a stream of tile predictions (tiles in row order) into HR rows [a, b) and yield them
     as (first row, (C, n, W) block) of ``chunk`` rows as soon as no later tile can touch them: a
     rolling window one tile (``tile_rows`` LR rows, the plan's tallest) plus one chunk high is
-    all that is held, whatever the scene size."""
+    all that is held, whatever the scene size.  ``clock`` gets the seconds spent blending."""
+    clock = clock or StageClock()
     h, w = scene_lr
     acc = Accumulator(channels, min(b - a, tile_rows * scale + chunk), w * scale, row0=a)
     windows: dict = {}
@@ -146,14 +148,18 @@ def stitch_rows(results: Iterable[tuple[Tile, np.ndarray, np.ndarray]], scene_lr
         nonlocal done
         while done < b and (done + chunk <= limit or limit >= b):
             n = min(chunk, b - done)
-            yield done, acc.pop(n)
+            with clock("blend"):
+                rows = acc.pop(n)
+            yield done, rows
             done += n
 
     for tile, pred, hr_valid in results:
         yield from ready(min(tile.row0 * scale, b))
         edges = interior_edges(tile, h, w)
-        if edges not in windows:
-            windows[edges] = blend_window(tile.rows * scale, tile.cols * scale, blend.halo, blend.ramp, edges)
         assert min((tile.row0 + tile.rows) * scale, b) <= acc.row0 + acc.weight.shape[0], "window too small"
-        acc.add(pred, hr_valid, windows[edges], tile.row0 * scale, tile.col0 * scale)
+        with clock("blend"):
+            if edges not in windows:
+                windows[edges] = blend_window(tile.rows * scale, tile.cols * scale, blend.halo, blend.ramp,
+                                              edges)
+            acc.add(pred, hr_valid, windows[edges], tile.row0 * scale, tile.col0 * scale)
     yield from ready(b)

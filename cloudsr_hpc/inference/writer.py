@@ -49,6 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..core.timing import StageClock
 from ..data.geometry import GeosGrid
 from ..data.scene import GRID_MAPPING
 from ..errors import InputError, OutputError, one_line
@@ -269,8 +270,10 @@ class BandSink:
     submission order by the calling thread (h5py is not thread-safe); at most ``2 * threads``
     chunks are in flight, so memory stays bounded."""
 
-    def __init__(self, path: Path, spec: OutputSpec, row0: int, row1: int, part: bool, threads: int = 2):
+    def __init__(self, path: Path, spec: OutputSpec, row0: int, row1: int, part: bool, threads: int = 2,
+                 clock: StageClock | None = None):
         self.spec, self.row0, self.row1, self.path = spec, row0, row1, path
+        self.clock = clock or StageClock()  # compress (thread-seconds), wait_compress, write
         self.offset = row0 if part else 0  # where the band starts inside this file
         if part:
             self.h5 = h5py.File(path, "w")
@@ -289,7 +292,9 @@ class BandSink:
         self.chunks_written = 0
 
     def _encode(self, name: str, block: np.ndarray) -> bytes:
-        return encode_chunk(self.spec.pack(name, block), self.spec.chunks, self.spec.fill, self.filters[name])
+        with self.clock("compress"):
+            packed = self.spec.pack(name, block)
+            return encode_chunk(packed, self.spec.chunks, self.spec.fill, self.filters[name])
 
     def write(self, row: int, block: np.ndarray) -> None:
         """(planes, n, W) physical values for global rows [row, row + n), starting on a chunk row;
@@ -310,7 +315,10 @@ class BandSink:
     def _drain(self, keep: int) -> None:
         while len(self.pending) > keep:
             name, offset, fut = self.pending.popleft()
-            self.h5[name].id.write_direct_chunk(offset, fut.result(), 0)
+            with self.clock("wait_compress"):
+                data = fut.result()
+            with self.clock("write"):
+                self.h5[name].id.write_direct_chunk(offset, data, 0)
             self.chunks_written += 1
 
     def close(self) -> None:
