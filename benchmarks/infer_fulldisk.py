@@ -6,7 +6,10 @@
 (b) the same scene through ``mpiexec -n 1`` and ``-n 2 python -m cloudsr_hpc.infer``: wall times,
     speedup, and the largest per-channel difference between the two outputs (expected 0).
 (c) ``--full-disk``: a true 3712x3712 SEVIRI disk (space NaN) with a tiny regression model on
-    2 ranks: peak RSS per rank against the LR input and the raw HR float32 size, output MPx/s.
+    1 and 2 ranks: wall times and speedup, per-rank seconds per stage, peak RSS per rank against
+    the LR input and the raw HR float32 size, output MPx/s.
+Also (b0): user/system CPU seconds of one rank with glibc's allocator defaults and with the heap
+reuse every entry point applies (``cloudsr_hpc.core.resources.reuse_heap``).
 (d) with CUDA: seconds per full disk and output MPx/s on the GPU (bf16 via precision=auto).
 
 Models are random-weight exports (``tests.conftest.make_export``); scenes are smoothed-noise
@@ -23,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -65,16 +69,22 @@ def cloud_scene(grid, path: Path, seed: int = 0) -> Path:
     return write_scene(ds, path)
 
 
-def cli(n: int, scene: Path, out: Path, sets: list[str]) -> tuple[dict, float]:
-    """``mpiexec -n n python -m cloudsr_hpc.infer``: (its JSON summary, wall seconds)."""
+def cli(n: int, scene: Path, out: Path, sets: list[str], env: dict | None = None) -> tuple[dict, float]:
+    """``mpiexec -n n python -m cloudsr_hpc.infer``: (its JSON summary with the ranks' summed CPU
+    seconds added as ``cpu_s`` {user, system}, wall seconds)."""
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "cloudsr_hpc.infer", "--input", str(scene),
            "--out", str(out), "--overwrite", "--quiet"] + [a for s in sets for a in ("--set", s)]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ranks are waited-for descendants
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-3000:]}")
-    return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1]), round(wall, 2)
+    summary = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
+    summary["cpu_s"] = {"user": round(r1.ru_utime - r0.ru_utime, 2),
+                        "system": round(r1.ru_stime - r0.ru_stime, 2)}
+    return summary, round(wall, 2)
 
 
 def max_diff(a: str, b: str) -> dict:
@@ -125,6 +135,7 @@ def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
             "forward_runs_s": [round(f1, 3), round(f2, 3)],
             "overhead": round(wall / fwd - 1, 4),
             "pipeline_seconds": {k: round(v, 3) for k, v in res.seconds.items()},
+            "stages_s": res.stages_s[0],
             "output_mpx_per_s": round(hr_px / 1e6 / wall, 2), "output_bytes": res.path.stat().st_size,
             "peak_rss_mb": res.peak_rss_mb}
 
@@ -196,7 +207,16 @@ def main() -> None:
               f"-> overhead {100 * a['overhead']:.1f} % (target <= 10 %); {a['pipeline_seconds']}",
               flush=True)
 
+        (s0, w0) = cli(1, scene, tmp / "n0", sets, env={"CLOUDSR_MALLOC": "system"})
         (s1, w1), (s2, w2) = cli(1, scene, tmp / "n1", sets), cli(2, scene, tmp / "n2", sets)
+        res["allocator"] = {
+            "note": "1 rank, same scene: glibc defaults (CLOUDSR_MALLOC=system) vs heap reuse (the default)",
+            "system": {"wall_s": w0, **s0["cpu_s"], "peak_rss_mb": s0["peak_rss_mb"]},
+            "reuse": {"wall_s": w1, **s1["cpu_s"], "peak_rss_mb": s1["peak_rss_mb"]},
+            "system_share_of_wall": {"system": round(s0["cpu_s"]["system"] / w0, 3),
+                                     "reuse": round(s1["cpu_s"]["system"] / w1, 3)}}
+        print(f"(b0) allocator: system time {s0['cpu_s']['system']} s of {w0} s wall with glibc defaults, "
+              f"{s1['cpu_s']['system']} s of {w1} s with heap reuse", flush=True)
         res["b_mpi"] = b = {"wall_s_1": w1, "wall_s_2": w2, "speedup": round(w1 / w2, 3),
                             "pipeline_s_1": s1["seconds"]["total"], "pipeline_s_2": s2["seconds"]["total"],
                             "pipeline_speedup": round(s1["seconds"]["total"] / s2["seconds"]["total"], 3),
@@ -222,19 +242,28 @@ def main() -> None:
             tiny = make_export(tmp / "tiny", stage="regression", base=4, mult=(1, 2), steps=1)
             fd_sets = [s for s in sets if not s.startswith(("stages=", "regression_checkpoint="))] + [
                 "stages=regression", f"regression_checkpoint={tiny}"]
+            s1, w1 = cli(1, fd_scene, tmp / "fd1", fd_sets)
             s, wall = cli(2, fd_scene, tmp / "fd", fd_sets)
             res["c_full_disk"] = c = {"model": "regression base=4 mult=1,2", "ranks": 2, "wall_s": wall,
-                                      "seconds": s["seconds"], "tiles": s["tiles"],
-                                      "peak_rss_mb": s["peak_rss_mb"],
+                                      "wall_s_1": w1, "wall_s_2": wall, "speedup": round(w1 / wall, 3),
+                                      "pipeline_speedup":
+                                          round(s1["seconds"]["total"] / s["seconds"]["total"], 3),
+                                      "seconds_1": s1["seconds"], "cpu_s_1": s1["cpu_s"],
+                                      "seconds": s["seconds"], "cpu_s_2": s["cpu_s"], "tiles": s["tiles"],
+                                      "peak_rss_mb_1": s1["peak_rss_mb"], "peak_rss_mb": s["peak_rss_mb"],
                                       "compute_s_per_rank": s["compute_s_per_rank"],
                                       "tiles_per_rank": s["tiles_per_rank"],
+                                      "stages_s_1": s1["stages_s_per_rank"][0],
+                                      "stages_s_per_rank_2": s["stages_s_per_rank"],
+                                      "max_abs_diff_1_vs_2": max_diff(s1["output"], s["output"]),
                                       "output_bytes": Path(s["output"]).stat().st_size,
                                       # wall: with process start-up
                                       "output_mpx_per_s": round(hr_px / 1e6 / wall, 2),
                                       "output_mpx_per_s_pipeline":
                                           round(hr_px / 1e6 / s["seconds"]["total"], 2), **context}
-            print(f"(c) full disk, 2 ranks: {wall} s, peak RSS/rank {c['peak_rss_mb']} MB (LR float32 "
-                  f"{context['lr_float32_bytes'] / 2**20:.0f} MiB, HR float32 "
+            print(f"(c) full disk: 1 rank {w1} s, 2 ranks {wall} s -> x{c['speedup']}; peak RSS/rank "
+                  f"{c['peak_rss_mb']} MB (LR float32 {context['lr_float32_bytes'] / 2**20:.0f} MiB, "
+                  f"HR float32 "
                   f"{5 * hr_px * 4 / 2**20:.0f} MiB)", flush=True)
         if torch.cuda.is_available():
             g = in_process([s for s in sets if not s.startswith("cpu_threads=")], fd_scene, tmp / "gpu")

@@ -17,8 +17,14 @@ from cloudsr_hpc.core.norm import normalise
 from cloudsr_hpc.data.sensors import load_registry
 from cloudsr_hpc.evaluation.metrics import seam_ratio, tile_edge_cols
 from cloudsr_hpc.inference.mpi import Ranks
-from cloudsr_hpc.inference.pipeline import ScenePipeline, load_cascade, partition_bands
-from cloudsr_hpc.inference.tiling import Accumulator
+from cloudsr_hpc.inference.pipeline import (
+    ScenePipeline,
+    band_tiles,
+    chunk_row_cost,
+    load_cascade,
+    partition_bands,
+)
+from cloudsr_hpc.inference.tiling import Accumulator, plan_tiles
 from cloudsr_hpc.schema import InferConfig
 from tests.conftest import LR_CH, PAIR_NORM, ROOT, lr_scene, make_export
 
@@ -63,6 +69,24 @@ def test_bands_start_on_chunk_rows_cover_everything_and_balance_work():
     assert max(work) <= 25 and min(work) >= 15
     # more ranks than chunk rows
     assert [b - a for a, b in partition_bands(np.ones(2), 64, 100, 4)].count(0) == 2
+
+
+def test_bands_balance_tiles_not_valid_pixels_on_a_disk():
+    """On a disk the polar tiles hold a sliver of Earth but cost a full batch slot: weighted by
+    tile cost, 3 ranks compute nearly equal numbers of tiles (valid pixels would overload the
+    polar bands)."""
+    n, tile, ov, s, chunk = 384, 32, 8, 4, 64
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    valid = np.hypot(yy, xx) < n / 2
+    tiles = plan_tiles(valid, tile, ov)
+    per_rank = [len(band_tiles(tiles, s, a, b))
+                for a, b in partition_bands(chunk_row_cost(tiles, s, chunk, n * s), chunk, n * s, 3)]
+    by_pixels = [len(band_tiles(tiles, s, a, b)) for a, b in partition_bands(
+        np.add.reduceat(valid.sum(1), np.arange(0, n, chunk // s)), chunk, n * s, 3)]
+    assert sum(per_rank) < len(tiles) * 1.25  # halo rows shared by neighbours, nothing more
+    assert max(per_rank) - min(per_rank) <= max(by_pixels) - min(by_pixels)
+    assert max(per_rank) / min(per_rank) < 1.2, per_rank
+    assert chunk_row_cost(tiles, s, chunk, n * s).sum() == pytest.approx(len(tiles))
 
 
 def test_rolling_window_accumulates_like_the_whole_grid():

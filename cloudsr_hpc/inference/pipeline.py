@@ -1,10 +1,10 @@
 """One scene through the cascade: read -> normalise -> tiles -> rank bands -> stitched CF file.
 
 Sharding: the output rows are cut into bands that start on chunk rows, one per rank, balanced by
-the number of valid (on-disk) LR pixels.  The tile plan is global and fixed; a rank computes every
-tile that touches its band (tiles straddling a boundary are computed by both neighbours) and keeps
-only its rows.  Each output pixel therefore gets the same tiles, computed in the same batch shape,
-summed in the same order, whatever the number of ranks.
+the tiles' cost (every tile costs one batch slot, spread over its rows).  The tile plan is global
+and fixed; a rank computes every tile that touches its band (tiles straddling a boundary are
+computed by both neighbours) and keeps only its rows.  Each output pixel therefore gets the same
+tiles, computed in the same batch shape, summed in the same order, whatever the number of ranks.
 
 Memory per rank is bounded by a rolling window, not by the band: tiles come in row order, rows
 above the current tile row are final, and finished chunk rows are written and dropped at once.
@@ -147,6 +147,17 @@ def partition_bands(row_weight: np.ndarray, chunk: int, total: int, n: int) -> l
     cuts = np.maximum.accumulate(cuts)
     return [(min(int(a) * chunk, total), min(int(b) * chunk, total))
             for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def chunk_row_cost(tiles: list[Tile], scale: int, chunk: int, total: int) -> np.ndarray:
+    """The work of each chunk row of the output: every tile costs the same (one slot of a fixed
+    batch shape, whatever share of it is valid), spread evenly over the HR rows it covers.  (Valid
+    pixels are a poor proxy: near the disk's poles a tile holding a sliver of Earth costs a full one.)"""
+    cost = np.zeros(total)
+    for t in tiles:
+        a, b = t.row0 * scale, min((t.row0 + t.rows) * scale, total)
+        cost[a:b] += 1.0 / (b - a)
+    return np.add.reduceat(cost, np.arange(0, total, chunk)) if total else cost
 
 
 def band_tiles(tiles: list[Tile], scale: int, a: int, b: int) -> list[Tile]:
@@ -292,8 +303,7 @@ class ScenePipeline:
         tiles, origin = self.plan(valid, scene.grid)
         s, h = self.scale, valid.shape[0]
         chunk = min(self.cfg.chunk, h * s)
-        weights = [valid[k * chunk // s:(k + 1) * chunk // s].sum() for k in range(-(-h * s // chunk))]
-        bands = partition_bands(np.array(weights), chunk, h * s, r.size)
+        bands = partition_bands(chunk_row_cost(tiles, s, chunk, h * s), chunk, h * s, r.size)
         a, b = bands[r.rank]
         mine = band_tiles(tiles, s, a, b)
         with clock("scatter"):
