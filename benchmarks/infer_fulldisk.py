@@ -9,7 +9,7 @@
     1 and 2 ranks: wall times and speedup, per-rank seconds per stage, peak RSS per rank against
     the LR input and the raw HR float32 size, output MPx/s.
 Also (b0): user/system CPU seconds of one rank with glibc's allocator defaults and with the heap
-reuse every entry point applies (``cloudsr_hpc.core.resources.reuse_heap``).
+reuse every entry point applies (``cloudsr_hpc.cli.reuse_heap``).
 (d) with CUDA: seconds per full disk and output MPx/s on the GPU (bf16 via precision=auto).
 
 Models are random-weight exports (``tests.conftest.make_export``); scenes are smoothed-noise

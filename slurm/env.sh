@@ -55,7 +55,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-$SLURM_CPUS_PER_TASK}; fi
 # glibc's allocator: keep freed memory for reuse instead of mapping every large buffer (tile
 # batches, activations, accumulators) afresh and faulting its pages in again -- on a demo scene that
-# kernel work cost as much time as the model (cloudsr_hpc.core.resources.reuse_heap, which every
+# kernel work cost as much time as the model (cloudsr_hpc.cli.reuse_heap, which every
 # entry point also applies; CLOUDSR_MALLOC=system keeps glibc's defaults)
 if [ "${CLOUDSR_MALLOC:-reuse}" != system ]; then
   export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-2147483647}

@@ -1,4 +1,4 @@
 """General helpers below every domain layer: files written atomically and checksummed, process
-resources and the allocator, stage timing, normalisation maths, figure files, the GPU a rank
+resources, stage timing, normalisation maths, figure files, the GPU a rank
 drives.  Imports nothing of the package but
 :mod:`cloudsr_hpc.errors` (the layering is checked by ``lint-imports``; see docs/architecture.md)."""
