@@ -3,7 +3,9 @@
 A backbone is an ``nn.Module`` built as ``cls(channels, model_cfg)`` with the UNet's interface:
 ``forward(x_t, y, t, mask)`` -> the x0 prediction, and ``receptive_margin()`` (pixels an input can
 travel through one call; the tile halo is built from it).  Adding one is a module under
-``models/`` and a line in :data:`BACKBONES`.
+``models/`` and a line in :data:`BACKBONES`.  One that has a boolean attribute
+``activation_checkpointing`` supports ``train.activation_checkpointing`` (the trainer sets it; the
+UNet then recomputes block activations in backward); the trainer refuses the option for others.
 """
 from __future__ import annotations
 

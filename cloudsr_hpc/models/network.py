@@ -9,6 +9,11 @@ upsampling exactly, and training only has to add what bicubic misses.
 Invalid pixels (off-disk, NaN) enter as zeros with mask 0; the mask also multiplies every
 feature map after each convolution block, so nothing computed from invalid pixels can grow
 there and leak into valid ones through later convolutions, and the output is finite everywhere.
+
+``activation_checkpointing`` (a module flag, set by the trainer from ``train.activation_checkpointing``;
+not part of ModelConfig, so exports do not change) recomputes every residual and attention block's
+activations in the backward pass instead of storing them: less activation memory for about one more
+forward of compute, with the same loss and gradients.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..schema import ModelConfig
 
@@ -86,8 +92,10 @@ class Attention(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    def __init__(self, channels: int, cfg: ModelConfig):
+    def __init__(self, channels: int, cfg: ModelConfig, activation_checkpointing: bool = False):
         super().__init__()
+        # torch.utils.checkpoint per block, only while training with grad enabled (see module doc)
+        self.activation_checkpointing = activation_checkpointing
         b = cfg.base_channels
         self.channels, self.levels = channels, len(cfg.channel_mult)
         temb = 4 * b
@@ -149,21 +157,28 @@ class ConditionalUNet(nn.Module):
         masks, skips = [mask], []
         for lvl in range(self.levels):
             for blk in self.down[lvl]:
-                h = blk(h, temb, masks[-1])
+                h = self._block(blk, h, temb, masks[-1])
             h = self._attn(self.down_attn[lvl], h, masks[-1])
             skips.append(h)
             if lvl < self.levels - 1:
                 masks.append(F.max_pool2d(masks[-1], 2))  # a coarse cell is valid if any child is
                 h = self.pool[lvl](h) * masks[-1]
-        h = self.mid2(self.mid1(h, temb, masks[-1]), temb, masks[-1])
+        h = self._block(self.mid1, h, temb, masks[-1])
+        h = self._block(self.mid2, h, temb, masks[-1])
         for i, lvl in enumerate(reversed(range(self.levels))):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2, mode="nearest") * masks[lvl]
             for j, blk in enumerate(self.up[i]):
-                h = blk(torch.cat([h, skips[lvl]], 1) if j == 0 else h, temb, masks[lvl])
+                h = self._block(blk, torch.cat([h, skips[lvl]], 1) if j == 0 else h, temb, masks[lvl])
             h = self._attn(self.up_attn[i], h, masks[lvl])
         return (y + self.out(h)) * mask
 
-    @staticmethod
-    def _attn(layer, h, mask):
-        return layer(h, mask) if isinstance(layer, Attention) else h
+    def _block(self, layer, *args):
+        """``layer(*args)``; under activation checkpointing its activations are recomputed in backward
+        (non-reentrant: RNG state restored, so dropout draws the same mask twice)."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def _attn(self, layer, h, mask):
+        return self._block(layer, h, mask) if isinstance(layer, Attention) else h

@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from ..config import dump_yaml, to_dict
 from ..core.seeds import seed_from
-from ..data.datasets import DegradedHRDataset, PairDataset, rank_sampler
+from ..data.datasets import DegradedHRDataset, PairDataset, collate_samples
 from ..data.degradations import blur
 from ..data.sensors import load_registry
 from ..errors import CloudSRError, InputError
@@ -41,6 +41,7 @@ from .checkpoint import (
     write_pointer,
 )
 from .distributed import DistInfo
+from .input import TrainInput, step_sampler
 from .losses import total_loss
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,13 @@ class Trainer:
         self.model = build_model(self.channels, cfg.model)
         if cfg.init_from:
             self._init_from(cfg.init_from)
+        if cfg.train.activation_checkpointing:  # recompute block activations in backward: same loss, grads
+            if not hasattr(self.model, "activation_checkpointing"):
+                raise TrainingError(f"train.activation_checkpointing: backbone {cfg.model.kind!r} does not "
+                                    "support it")
+            self.model.activation_checkpointing = True
+        if cfg.train.compile:  # in place: parameter and state_dict names stay the module's own
+            self.model.compile()
         self.diffusion = ResShift.from_config(cfg.diffusion)
         self.out = Path(cfg.train.out_dir)
         self.ckpt_dir = self.out / "ckpt"
@@ -135,42 +143,57 @@ class Trainer:
         p = self.cfg.train.precision
         return ("bf16" if self.dist.device.type == "cuda" else "fp32") if p == "auto" else p
 
-    def _engine(self):
-        import deepspeed
+    def _ds_config(self) -> dict:
+        """The DeepSpeed config.  The optimizer is torch's AdamW ("torch_adam": DeepSpeed passes the
+        remaining params on as its keyword arguments); ``train.fused_adamw`` adds ``fused=True`` on a
+        GPU only, so the CPU optimizer (and its results) is exactly the default AdamW."""
         t = self.cfg.train
-        ds_cfg = {
+        opt = {"lr": t.lr, "weight_decay": 0.0, "torch_adam": True}
+        if t.fused_adamw and self.dist.device.type == "cuda":
+            opt["fused"] = True
+        return {
             "train_micro_batch_size_per_gpu": t.batch_size,
             "gradient_accumulation_steps": t.grad_accum,
             "gradient_clipping": t.grad_clip,
             "steps_per_print": 10 ** 9,
-            "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "weight_decay": 0.0, "torch_adam": True}},
+            "optimizer": {"type": "AdamW", "params": opt},
             "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": t.steps,
                                                                "warmup_num_steps": max(1, t.steps // 20)}},
             "zero_optimization": {"stage": t.zero_stage},
             "bf16": {"enabled": self._precision() == "bf16"},
         }
+
+    def _engine(self):
+        import deepspeed
         engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(),
-                                               config=ds_cfg)
+                                               config=self._ds_config())
         return engine
 
     # ------------------------------------------------------------------ data order
     def batch_indices(self, step: int, micro: int) -> list[int]:
-        """Dataset indices of micro-batch ``micro`` of global ``step`` on this rank."""
-        per_step = self.cfg.train.batch_size * self.cfg.train.grad_accum
-        sampler_len = math.ceil(len(self.train_set) / self.dist.world)
-        steps_per_epoch = max(1, sampler_len // per_step)
-        epoch, k = divmod(step, steps_per_epoch)
-        order = list(rank_sampler(self.train_set, self.dist.rank, self.dist.world, self.cfg.train.seed,
-                                  epoch))
-        start = k * per_step + micro * self.cfg.train.batch_size
-        return [order[(start + i) % len(order)] for i in range(self.cfg.train.batch_size)]
+        """Dataset indices of micro-batch ``micro`` of global ``step`` on this rank (what the input
+        loader draws: :class:`~cloudsr_hpc.data.datasets.StepBatchSampler`; a fresh one here, so
+        this builds the epoch's permutation -- the loop itself never calls it)."""
+        return step_sampler(self.train_set, self.cfg.train, self.dist.rank, self.dist.world).indices(
+            step, micro)
 
     def _collate(self, dataset, indices: list[int], epoch: int = 0) -> dict[str, torch.Tensor]:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        items = [dataset[i] for i in indices]
-        return {k: torch.stack([it[k] for it in items]).to(self.dist.device)
-                for k in ("lr", "lr_mask", "hr", "hr_mask")}
+        """In-process read + collation (validation): the samples of ``indices`` degraded for ``epoch``."""
+        items = [dataset[(i, epoch)] for i in indices]
+        return {k: v.to(self.dist.device) for k, v in collate_samples(items).items()}
+
+    def _input(self) -> TrainInput:
+        """The training input loader (``train.num_workers`` workers), opened at the current step."""
+        if getattr(self, "_train_input", None) is None:
+            self._train_input = TrainInput(self.train_set, self.cfg.train, self.dist.rank, self.dist.world,
+                                           self.dist.device, start=self.step)
+        return self._train_input
+
+    def close_input(self) -> None:
+        """Stop the input loader's worker processes (a later step opens a new loader)."""
+        inp, self._train_input = getattr(self, "_train_input", None), None
+        if inp is not None:
+            inp.close()
 
     # ------------------------------------------------------------------ one step
     def forward_loss(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -198,8 +221,8 @@ class Trainer:
         parts = {}
         for micro in range(t.grad_accum):
             gen = torch.Generator().manual_seed(seed_from(t.seed, self.step, micro, self.dist.rank))
-            epoch = self.step  # Stage 2's on-the-fly degradations differ every step
-            batch = self._collate(self.train_set, self.batch_indices(self.step, micro), epoch)
+            # the batch_indices(step, micro) samples, Stage 2's degradations drawn for epoch = step
+            batch = self._input().next(self.step, micro)
             parts = self.forward_loss(batch, gen)
             loss = parts["loss"]
             if not torch.isfinite(loss):
@@ -309,7 +332,14 @@ class Trainer:
         self._stop = True
 
     def fit(self) -> int:
-        """Train to ``train.steps``; returns the process exit code (0 done, EXIT_REQUEUE preempted)."""
+        """Train to ``train.steps``; returns the process exit code (0 done, EXIT_REQUEUE preempted).
+        However the loop ends (done, preempted, an error), the input loader's workers are stopped."""
+        try:
+            return self._fit()
+        finally:
+            self.close_input()
+
+    def _fit(self) -> int:
         from tqdm import tqdm
         t = self.cfg.train
         for sig in (signal.SIGTERM, signal.SIGUSR1):
