@@ -55,7 +55,7 @@ else
   T_DEFAULT=(--batch 32 --patch-hr 128 --steps 20 --precision bf16)
   T_LARGE=(--batch 16 --patch-hr 128 --steps 10 --precision bf16)
   T_DEFAULT_LIMIT=50; T_LIMIT=60; T_COMPILED=140; T_INFER=180  # with nvidia_smi 10 + env 30: <= 480 s in all
-  INFER=(--tile 256 --overlap 16 --batch 8 --base 32 --mult 1,2,2 --steps 2)
+  INFER=(--tile 256 --overlap 16 --batch 0 --base 32 --mult 1,2,2 --steps 4)   # the default cascade (T = 4); batch from free memory
 fi
 
 part nvidia_smi 10 bash -c "set -o pipefail; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \

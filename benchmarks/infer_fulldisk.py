@@ -121,7 +121,7 @@ def in_process(cfg_sets: list[str], scene: Path, out: Path) -> dict:
         sync()
         return time.perf_counter() - t0
 
-    for _ in pipe.runner.run(lr, tiles[:cfg.batch_size], origin):  # warm-up (allocator, kernels)
+    for _ in pipe.runner.run(lr, tiles[:pipe.runner.batch_size], origin):  # warm-up (allocator, kernels)
         pass
     f1 = forward()
     t0 = time.perf_counter()

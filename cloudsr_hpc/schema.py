@@ -250,7 +250,7 @@ class InferConfig:
     pair: str = "seviri_viirs"
     tile_lr: int = 128
     overlap_lr: int = 16
-    batch_size: int = 8
+    batch_size: int = 8  # tiles per forward; 0: from the GPU's free memory (8 on a CPU)
     stages: Literal["1", "2", "cascade", "regression"] = "cascade"
     halo_hr: int = -1  # -1: from the model's measured receptive margin (exact tiling when it fits)
     seed: int = 0
@@ -277,7 +277,7 @@ class InferConfig:
     def validate(self, where):
         require(self.overlap_lr >= 0, where, "overlap_lr must be >= 0")
         require(self.tile_lr > 2 * self.overlap_lr, where, "tile_lr must exceed twice overlap_lr")
-        require(self.batch_size >= 1, where, "batch_size must be >= 1")
+        require(self.batch_size >= 0, where, "batch_size must be >= 0 (0: chosen from free device memory)")
         require(self.chunk >= 16, where, "chunk must be >= 16")
         require(0 <= self.complevel <= 9, where, "complevel must be 0..9")
         # halo_hr -1: from the model's receptive margin; thread counts 0: torch's default / one writer

@@ -12,7 +12,8 @@ import numpy as np
 
 
 class Ranks:
-    """rank/size plus bcast, gather, agree and barrier over mpi4py (or trivially for one rank)."""
+    """rank/size plus bcast, gather, agree, barrier and a few point-to-point transfers over
+    mpi4py (or trivially for one rank)."""
 
     def __init__(self, comm=None):
         self.comm = comm
@@ -49,6 +50,26 @@ class Ranks:
         arr = np.empty(shape, np.dtype(dtype))
         self.comm.Recv(arr, source=source)
         return arr
+
+    # -- point to point, non-blocking sends: tiles shared across a band boundary (halo.py)
+    def isend_array(self, arr: np.ndarray, dest: int, tag: int):
+        """Start sending ``arr`` (its shape known to the receiver); keep ``arr`` alive until the
+        returned request is waited for."""
+        return self.comm.Isend(arr, dest=dest, tag=tag)
+
+    def recv_any(self, source: int) -> tuple[int, np.ndarray]:
+        """The next message from ``source``, whatever its kind (tag) and size: (tag, float32 data)."""
+        from mpi4py import MPI
+        status = MPI.Status()
+        self.comm.Probe(source=source, tag=MPI.ANY_TAG, status=status)
+        data = np.empty(status.Get_count(MPI.FLOAT), np.float32)
+        self.comm.Recv(data, source=source, tag=status.Get_tag())
+        return status.Get_tag(), data
+
+    @staticmethod
+    def wait_all(requests: list) -> None:
+        for q in requests:
+            q.Wait()
 
     def gather(self, obj, root: int = 0):
         return [obj] if self.comm is None else self.comm.gather(obj, root=root)

@@ -2,9 +2,10 @@
 
 Sharding: the output rows are cut into bands that start on chunk rows, one per rank, balanced by
 the tiles' cost (every tile costs one batch slot, spread over its rows).  The tile plan is global
-and fixed; a rank computes every tile that touches its band (tiles straddling a boundary are
-computed by both neighbours) and keeps only its rows.  Each output pixel therefore gets the same
-tiles, computed in the same batch shape, summed in the same order, whatever the number of ranks.
+and fixed; a rank blends every tile that touches its band and keeps only its rows.  A tile
+straddling a boundary is computed once, by the lower band's rank, and sent to the other
+(:mod:`.halo`).  Each output pixel therefore gets the same tiles, computed in the same batch
+shape, summed in the same order, whatever the number of ranks.
 
 Memory per rank is bounded by a rolling window, not by the band: tiles come in row order, rows
 above the current tile row are final, and finished chunk rows are written and dropped at once.
@@ -36,9 +37,10 @@ from ..errors import CloudSRError, ConfigError, InputError, Interrupted, OutputE
 from ..models.calibration import attach
 from ..models.cascade import Cascade, Stage
 from ..schema import InferConfig
+from .halo import PeerStopped, TileExchange, TilePlan, share_tiles
 from .mpi import Ranks
 from .quicklook import quicklook_views, sr_quicklook
-from .runner import TileRunner, pick_device
+from .runner import TileRunner, auto_batch_size, pick_device
 from .tiling import Blend, Tile, blend_geometry, plan_tiles, stitch_rows
 from .writer import (
     BandSink,
@@ -54,6 +56,7 @@ from .writer import (
 )
 
 log = logging.getLogger(__name__)
+AUTO_CPU_BATCH = 8  # infer.batch_size 0 on a CPU
 
 
 # ----------------------------------------------------------------------------- model and input
@@ -136,28 +139,37 @@ def band_planes(block: np.ndarray, spec: OutputSpec, lo, hi) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- sharding
 def partition_bands(row_weight: np.ndarray, chunk: int, total: int, n: int) -> list[tuple[int, int]]:
-    """Split [0, total) HR rows into ``n`` contiguous bands starting on chunk rows, balancing
-    ``row_weight`` (one weight per chunk row).  Bands may be empty when n exceeds the chunk rows."""
-    cum = np.concatenate([[0.0], np.cumsum(np.asarray(row_weight, float) + 1e-9)])
-    def nearest_cut(target: float) -> int:
-        i = min(int(np.searchsorted(cum, target)), len(cum) - 1)
-        return i - 1 if i > 0 and target - cum[i - 1] < cum[i] - target else i
+    """Split [0, total) HR rows into ``n`` contiguous bands starting on chunk rows (one weight per
+    chunk row in ``row_weight``) so that the heaviest band is as light as it can be: bisection on
+    that bound, each band filled greedily up to it.  Bands may be empty when n exceeds the chunk
+    rows (or one chunk row holds all the work)."""
+    w = np.asarray(row_weight, float)
 
-    cuts = [0] + [nearest_cut(cum[-1] * r / n) for r in range(1, n)] + [len(row_weight)]
-    cuts = np.maximum.accumulate(cuts)
-    return [(min(int(a) * chunk, total), min(int(b) * chunk, total))
-            for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    def cuts_within(cap: float) -> list[int]:
+        cuts, load = [0], 0.0
+        for i, x in enumerate(w):
+            if load + x > cap and i > cuts[-1]:
+                cuts.append(i)
+                load = 0.0
+            load += x
+        return cuts
+
+    lo, hi = w.max(initial=0.0), w.sum()
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if len(cuts_within(mid)) <= n else (mid, hi)
+    cuts = cuts_within(hi)
+    cuts += [len(w)] * (n + 1 - len(cuts))
+    return [(min(a * chunk, total), min(b * chunk, total)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def chunk_row_cost(tiles: list[Tile], scale: int, chunk: int, total: int) -> np.ndarray:
     """The work of each chunk row of the output: every tile costs the same (one slot of a fixed
-    batch shape, whatever share of it is valid), spread evenly over the HR rows it covers.  (Valid
-    pixels are a poor proxy: near the disk's poles a tile holding a sliver of Earth costs a full one.)"""
-    cost = np.zeros(total)
-    for t in tiles:
-        a, b = t.row0 * scale, min((t.row0 + t.rows) * scale, total)
-        cost[a:b] += 1.0 / (b - a)
-    return np.add.reduceat(cost, np.arange(0, total, chunk)) if total else cost
+    batch shape, whatever share of it is valid) and is computed by the band holding its last row
+    (:func:`.halo.share_tiles`), so it counts in the chunk row of its last HR row.  (Valid pixels
+    are a poor proxy: near the disk's poles a tile holding a sliver of Earth costs a full one.)"""
+    last = np.array([min((t.row0 + t.rows) * scale, total) - 1 for t in tiles], int)
+    return np.bincount(last // chunk, minlength=-(-total // chunk)).astype(float)
 
 
 def band_tiles(tiles: list[Tile], scale: int, a: int, b: int) -> list[Tile]:
@@ -174,7 +186,7 @@ class SceneResult:
     ranks: int
     peak_rss_mb: list = field(default_factory=list)  # per rank (process peak)
     compute_s: list = field(default_factory=list)  # per rank: its band's tiles, blending and writing
-    rank_tiles: list = field(default_factory=list)  # per rank, halo tiles counted by both neighbours
+    rank_tiles: list = field(default_factory=list)  # per rank: the tiles it computed (shared ones once)
     record: dict = field(default_factory=dict)  # {"size", "sha256"} of the published file (rank 0)
     # per rank: seconds per stage (read, normalise, scatter, cut, h2d, model, d2h, ensemble, blend,
     # denormalise, compress (thread-seconds), wait_compress, write, wait (for other ranks), merge)
@@ -208,8 +220,10 @@ class ScenePipeline:
             raise ConfigError(f"infer.members: {cfg.members} members of a deterministic model ({cfg.stages}) "
                               "would all be equal; use 1")
         self.calibration = self._calibration()
-        self.runner = TileRunner(self.cascade, self.device, cfg.batch_size, cfg.precision, cfg.compile,
-                                 cfg.members, cfg.keep_members)
+        self.runner = TileRunner(self.cascade, self.device, cfg.batch_size or AUTO_CPU_BATCH, cfg.precision,
+                                 cfg.compile, cfg.members, cfg.keep_members)
+        if cfg.batch_size == 0:
+            self.runner.batch_size = self._auto_batch()
         self.blend = self._blend()
 
     def _calibration(self) -> dict:
@@ -224,6 +238,21 @@ class ScenePipeline:
                                                       zip(cal.channels, cal.inflation, strict=True)),
                 "ensemble_calibration": f"{Path(self.cfg.calibration).resolve()} sha256:"
                                         f"{sha256(self.cfg.calibration)}"}
+
+    def _auto_batch(self) -> int:
+        """``infer.batch_size: 0``: on a GPU the tiles that fit 80 % of its free memory (one tile's
+        peak measured through the cascade), on a CPU :data:`AUTO_CPU_BATCH`; the smallest over the
+        ranks, since the batch shape is part of what makes outputs equal whatever the rank count."""
+        b = AUTO_CPU_BATCH
+        if self.device.type == "cuda":
+            import torch
+            free, _ = torch.cuda.mem_get_info(self.device)
+            b = auto_batch_size(free, self.runner.tile_bytes(self.cfg.tile_lr, len(self.pair.lr_channels)))
+        every = self.ranks.gather(b)
+        b = self.ranks.bcast(min(every) if self.ranks.rank == 0 else None)
+        if self.ranks.rank == 0:
+            log.info("batch size %d tiles (infer.batch_size 0: chosen for %s)", b, self.device)
+        return b
 
     def _blend(self) -> Blend:
         overlap_hr = self.cfg.overlap_lr * self.scale
@@ -279,7 +308,7 @@ class ScenePipeline:
         scene's start time."""
         r = self.ranks
         t0 = time.perf_counter()
-        clock = self.runner.clock = StageClock(self.runner.clock._sync)
+        clock = self.runner.clock = StageClock()
         scene, err = None, None
         if r.rank == 0:
             try:
@@ -305,9 +334,10 @@ class ScenePipeline:
         chunk = min(self.cfg.chunk, h * s)
         bands = partition_bands(chunk_row_cost(tiles, s, chunk, h * s), chunk, h * s, r.size)
         a, b = bands[r.rank]
-        mine = band_tiles(tiles, s, a, b)
+        mine, plan = band_tiles(tiles, s, a, b), share_tiles(tiles, s, bands)
+        computed = [plan.computed_by(k, band_tiles(tiles, s, *band)) for k, band in enumerate(bands)]
         with clock("scatter"):
-            lr, row_offset = self._scatter_rows(lr, [band_tiles(tiles, s, *band) for band in bands])
+            lr, row_offset = self._scatter_rows(lr, computed)
         t_read = time.perf_counter() - t0
         final = self.output_path(slot or scene.time)
         spec = self.spec(scene, {"ranks": r.size, "tile_lr": self.cfg.tile_lr,
@@ -331,7 +361,10 @@ class ScenePipeline:
         err = None
         try:
             if b > a:
-                self._compute_band(lr, row_offset, valid, origin, mine, spec, target, a, b, part=r.rank > 0)
+                self._compute_band(lr, row_offset, valid, origin, mine, plan, spec, target, a, b,
+                                   part=r.rank > 0)
+        except PeerStopped:
+            err = None  # the rank that stopped reports why
         except Exception as e:  # noqa: BLE001
             err = _message(e, final, f"write failed on rank {r.rank}")
         t_compute = time.perf_counter() - t1
@@ -358,7 +391,7 @@ class ScenePipeline:
             claim.discard(0, r.size)
         t_merge = time.perf_counter() - t2
         seconds = {"read": t_read, "compute": t_compute, "merge": t_merge, "total": time.perf_counter() - t0}
-        per_rank = r.gather((peak_rss_mb(), round(t_compute, 2), len(mine), clock.rounded()))
+        per_rank = r.gather((peak_rss_mb(), round(t_compute, 2), len(computed[r.rank]), clock.rounded()))
         if r.rank == 0:
             log.info("%s: %d tiles on %d rank(s), %.1f s (read %.1f, compute %.1f, merge %.1f); per rank "
                      "(peak RSS MB, compute s, tiles): %s", final.name, len(tiles), r.size, seconds["total"],
@@ -418,13 +451,17 @@ class ScenePipeline:
         return r.recv_array(0), spans[r.rank][0]
 
     def _compute_band(self, lr, row_offset: int, valid, origin: tuple[int, int], tiles: list[Tile],
-                      spec: OutputSpec, target: Path, a: int, b: int, part: bool) -> None:
+                      plan: TilePlan, spec: OutputSpec, target: Path, a: int, b: int, part: bool) -> None:
+        """Blend and write rows [a, b) from ``tiles`` (those touching them): this rank computes the
+        ones ``plan`` gives it and receives the others from their owners (:mod:`.halo`)."""
         lo, hi = self.cascade.output_norm()
         tile_rows = max((t.rows for t in tiles), default=0)
         clock = self.runner.clock
+        own = plan.computed_by(self.ranks.rank, tiles)
+        exchange = TileExchange(self.ranks, tiles, plan, len(spec.planes), self.scale, clock)
         sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads, clock)
         from tqdm import tqdm
-        bar = tqdm(total=len(tiles), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
+        bar = tqdm(total=len(own), desc=f"rank {self.ranks.rank} tiles", unit="tile", leave=False,
                    disable=not (self.progress and self.ranks.rank == 0))
 
         def counted(results):
@@ -433,12 +470,16 @@ class ScenePipeline:
                 yield r
 
         try:
-            results = counted(self.runner.run(lr, tiles, origin, row_offset))
+            results = exchange.stream(counted(self.runner.run(lr, own, origin, row_offset)))
             for row, block in stitch_rows(results, valid.shape, self.scale, self.blend, len(spec.planes),
                                           a, b, spec.chunks[0], tile_rows, clock):
                 with clock("denormalise"):
                     planes = band_planes(block, spec, lo, hi)
                 sink.write(row, planes)
+            exchange.finish()
+        except BaseException:
+            exchange.abort()  # the other ranks must not wait for tiles this one will not send
+            raise
         finally:
             bar.close()
             sink.close()

@@ -45,6 +45,26 @@ def pick_device(local_rank: int | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def auto_batch_size(free_bytes: int, tile_bytes: int, cap: int = 64, share: float = 0.8) -> int:
+    """Tiles per batch that fit ``share`` of the free device memory, given the peak memory one tile
+    takes through the cascade (measured: :meth:`TileRunner.tile_bytes`); at least 1, at most ``cap``."""
+    return int(max(1, min(cap, share * free_bytes // max(1, tile_bytes))))
+
+
+class _OnHost:
+    """A batch's prediction and HR validity on the host, now (CPU) or once the device's copy has
+    landed (GPU: pinned buffers filled on a side stream while the next batch computes)."""
+
+    def __init__(self, pred, mask, done=None, clock: StageClock | None = None):
+        self.pred, self.mask, self.done, self.clock = pred, mask, done, clock
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.done is not None:
+            with self.clock("d2h_wait"):
+                self.done.synchronize()
+        return np.asarray(self.pred), np.asarray(self.mask)
+
+
 class TileRunner:
     def __init__(self, cascade: Cascade, device: torch.device, batch_size: int, precision: str = "auto",
                  compile: bool = False, members: int = 1, keep_members: bool = False):
@@ -54,13 +74,17 @@ class TileRunner:
         if device.type == "cpu":
             # denormal activations cost CPUs up to 3x (measured: 273 s -> 90 s for one demo scene)
             torch.set_flush_denormal(True)
+        cuda = device.type == "cuda"
         for st in cascade.stages:
             st.model.to(device).eval()
-            if compile:
+            if cuda:  # tensor-core convolutions want NHWC; CPU results stay as they were
+                st.model.to(memory_format=torch.channels_last)
+            if compile:  # every batch has one shape: compiled once, never recompiled
                 st.model = torch.compile(st.model, dynamic=False)
         self.scale = cascade.scale
-        # per-stage seconds (cut, h2d, model, d2h, ensemble, wait_input); a scene may swap in its own
-        self.clock = StageClock(torch.cuda.synchronize if device.type == "cuda" else None)
+        self._copy_stream = torch.cuda.Stream(device) if cuda else None
+        # per-stage seconds (cut, wait_input, h2d, model, d2h[, d2h_wait], ensemble); a scene swaps in its own
+        self.clock = StageClock()
 
     def _host_batch(self, lr: np.ndarray, tiles: list[Tile], off: int,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +111,7 @@ class TileRunner:
             return
         with ThreadPoolExecutor(1, thread_name_prefix="tile-prefetch") as pool:
             nxt = pool.submit(self._host_batch, lr, batches[0], row_offset)
+            behind = None  # on a GPU: the previous batch, its copy to the host in flight
             for k, batch in enumerate(batches):
                 signals.check("inference")  # a stop request (time limit, cancel) ends the scene here
                 with self.clock("wait_input"):
@@ -95,20 +120,72 @@ class TileRunner:
                     nxt = pool.submit(self._host_batch, lr, batches[k + 1], row_offset)
                 origins = [(r0 + t.row0 * s, c0 + t.col0 * s) for t in batch]
                 origins += [origins[-1]] * (self.batch_size - len(batch))
-                pred, hr_mask = (self._forward(x, m, origins) if self.members == 1
-                                 else self._ensemble(x, m, origins))
-                for i, t in enumerate(batch):
-                    yield t, pred[i], hr_mask[i, 0] > 0
+                out = (self._launch(x, m, origins) if self.members == 1
+                       else _OnHost(*self._ensemble(x, m, origins)))
+                if behind is not None:  # batch k queued on the device before batch k-1 is blended
+                    yield from self._tiles(*behind)
+                behind = (batch, out)
+                if self._copy_stream is None:
+                    yield from self._tiles(*behind)
+                    behind = None
+            if behind is not None:
+                yield from self._tiles(*behind)
+
+    @staticmethod
+    def _tiles(batch: list[Tile], out: _OnHost) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+        pred, hr_mask = out.result()
+        for i, t in enumerate(batch):
+            yield t, pred[i], hr_mask[i, 0] > 0
+
+    def _launch(self, x: torch.Tensor, m: torch.Tensor, origins, member: int = 0) -> _OnHost:
+        """Run one batch.  On a GPU nothing here waits for the device: the copy in, the cascade
+        and the copy back (on a side stream, into pinned buffers) are queued and timed by CUDA
+        events; the returned handle waits when the host needs the numbers."""
+        if self._copy_stream is None:
+            with self.clock("h2d"):
+                x, m = x.to(self.device), m.to(self.device)
+            with self.clock("model"), torch.inference_mode():
+                pred, hr_mask = self.cascade(x, m, origins, member=member)
+            with self.clock("d2h"):
+                return _OnHost(pred.float().cpu().numpy(), hr_mask.float().cpu().numpy())
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        events[0].record()
+        x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
+        events[1].record()
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            pred, hr_mask = self.cascade(x, m, origins, member=member)
+            pred, hr_mask = pred.float(), hr_mask.float()
+        events[2].record()
+        self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._copy_stream):
+            pred_h = torch.empty(pred.shape, dtype=torch.float32, pin_memory=True)
+            mask_h = torch.empty(hr_mask.shape, dtype=torch.float32, pin_memory=True)
+            pred_h.copy_(pred, non_blocking=True)
+            mask_h.copy_(hr_mask, non_blocking=True)
+            events[3].record(self._copy_stream)
+        pred.record_stream(self._copy_stream)  # not reused by the allocator before the copy is done
+        hr_mask.record_stream(self._copy_stream)
+        for stage, (a, b) in zip(("h2d", "model", "d2h"), ((0, 1), (1, 2), (2, 3)), strict=True):
+            self.clock.add_later(stage, lambda a=events[a], b=events[b]: (b.synchronize(),
+                                                                          a.elapsed_time(b) / 1e3)[1])
+        return _OnHost(pred_h.numpy(), mask_h.numpy(), events[3], self.clock)
 
     def _forward(self, x: torch.Tensor, m: torch.Tensor, origins,
                  member: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        with self.clock("h2d", sync=True):
-            x, m = x.to(self.device, non_blocking=True), m.to(self.device, non_blocking=True)
-        with self.clock("model", sync=True), torch.inference_mode(), \
-                torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            pred, hr_mask = self.cascade(x, m, origins, member=member)
-        with self.clock("d2h"):
-            return pred.float().cpu().numpy(), hr_mask.float().cpu().numpy()
+        return self._launch(x, m, origins, member).result()
+
+    def tile_bytes(self, tile_lr: int, channels: int) -> int:
+        """Peak device memory one tile takes through the cascade (GPU; probes a 1-tile batch of
+        zeros with its own forward, whose result is dropped)."""
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        x = torch.zeros(1, channels, tile_lr, tile_lr, device=dev)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            self.cascade(x, torch.ones_like(x), [(0, 0)])
+        torch.cuda.synchronize(dev)
+        return int(torch.cuda.max_memory_allocated(dev) - base)
 
     def _ensemble(self, x: torch.Tensor, m: torch.Tensor, origins) -> tuple[np.ndarray, np.ndarray]:
         """(N, planes, H, W): the members' mean, sample variance and (kept) members, channel-major
