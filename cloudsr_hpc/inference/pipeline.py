@@ -3,7 +3,7 @@
 Sharding: the output rows are cut into bands that start on chunk rows, one per rank, balanced by
 the tiles' cost (every tile costs one batch slot, spread over its rows).  The tile plan is global
 and fixed; a rank blends every tile that touches its band and keeps only its rows.  A tile
-straddling a boundary is computed once, by the lower band's rank, and sent to the other
+straddling a boundary is computed once, by the rank of the band below it, and sent to the other
 (:mod:`.halo`).  Each output pixel therefore gets the same tiles, computed in the same batch
 shape, summed in the same order, whatever the number of ranks.
 
