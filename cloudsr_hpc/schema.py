@@ -259,6 +259,8 @@ class InferConfig:
     chunk: int = 512  # HR pixels; bands of ranks start on chunk rows
     packing: Literal["float32", "int16"] = "float32"
     complevel: int = 4
+    # who writes the deflate streams: auto (ISA-L via python-isal when installed, ~12x zlib), zlib, isal
+    deflate: Literal["auto", "zlib", "isal"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the networks (GPU sites; first call compiles)
     # torch threads per rank on CPU (0: torch's default); equal counts give bitwise-equal output
@@ -284,6 +286,9 @@ class InferConfig:
         check_ranges(where, self, halo_hr=">= -1", seed=">= 0", cpu_threads="[0, 1024]",
                      writer_threads="[0, 256]", members="[1, 256]")
         require(bool(self.pair), where, "pair must not be empty")
+        if self.deflate == "isal":
+            from importlib.util import find_spec
+            require(find_spec("isal") is not None, where, "deflate: isal is not installed (pip install isal)")
 
 
 @dataclass

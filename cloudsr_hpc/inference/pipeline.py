@@ -299,7 +299,7 @@ class ScenePipeline:
         return OutputSpec(chans, {c: channel_attrs(hr_sensor, c) for c in chans},
                           scene.grid.scaled(self.scale), self.cfg.chunk, self.cfg.packing, self.cfg.complevel,
                           {c: (a - p, b + p) for c, a, b, p in zip(chans, lo, hi, pad, strict=True)}, attrs,
-                          self.cfg.members, self.cfg.keep_members)
+                          self.cfg.members, self.cfg.keep_members, self.cfg.deflate)
 
     # -- one scene
     def run(self, files: list[str | Path] | None, slot: dt.datetime | None = None) -> SceneResult:

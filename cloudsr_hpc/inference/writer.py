@@ -73,6 +73,7 @@ class OutputSpec:
     attrs: dict = field(default_factory=dict)
     members: int = 1  # > 1: an ensemble (mean under the channel's name, its standard deviation beside it)
     keep_members: bool = False  # also every member, along a ``member`` dimension
+    deflate: str = "auto"  # who writes the deflate streams: zlib, isal, auto (:func:`deflater`)
 
     @property
     def variables(self) -> list[str]:
@@ -228,11 +229,29 @@ def check_filters(path: Path, name: str, filters: tuple) -> tuple:
     return filters
 
 
-def encode_chunk(block: np.ndarray, chunks: tuple[int, int], fill, filters: tuple) -> bytes:
+def deflater(engine: str = "auto"):
+    """``compress(data, level)`` writing zlib streams: zlib's own, or ISA-L's through python-isal
+    (``isal``; ``auto``: ISA-L when installed).  Any inflater reads either -- the file's deflate
+    filter records a level, which decoding never needs.  ISA-L has levels 1-3: zlib's 1-3, 4-6,
+    7-9 map onto them.  On float32 SR output ISA-L level 2 compresses ~12x faster than zlib
+    level 4 to within 1 % of its size (measured: 698 vs 59 MB/s, ratio 1.559 vs 1.577)."""
+    if engine in ("auto", "isal"):
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            if engine == "isal":
+                raise OutputError("infer.deflate: isal is not installed (pip install isal)") from None
+        else:
+            return lambda data, level: isal_zlib.compress(data, min(3, max(1, (level + 2) // 3)))
+    return zlib.compress
+
+
+def encode_chunk(block: np.ndarray, chunks: tuple[int, int], fill, filters: tuple,
+                 deflate=zlib.compress) -> bytes:
     """The stored bytes of one chunk: ``filters`` (the dataset's pipeline) applied here so that
-    compression runs in worker threads (zlib and numpy release the GIL) beside the model instead
-    of inside h5py's lock.  Edge chunks are stored full-size, padded with the fill value, as HDF5
-    stores them."""
+    compression runs in worker threads (zlib, ISA-L and numpy release the GIL) beside the model
+    instead of inside h5py's lock; ``deflate`` from :func:`deflater`.  Edge chunks are stored
+    full-size, padded with the fill value, as HDF5 stores them."""
     if block.shape != chunks:
         full = np.full(chunks, fill, block.dtype)
         full[:block.shape[0], :block.shape[1]] = block
@@ -246,7 +265,7 @@ def encode_chunk(block: np.ndarray, chunks: tuple[int, int], fill, filters: tupl
             n = len(data) // size
             data = np.frombuffer(data, np.uint8, n * size).reshape(n, size).T.tobytes() + data[n * size:]
         elif fid == DEFLATE:
-            data = zlib.compress(data, params[0] if params else 6)
+            data = deflate(data, params[0] if params else 6)
     return data
 
 
@@ -286,6 +305,7 @@ class BandSink:
         else:
             self.h5 = h5py.File(path, "r+")
         self.filters = {name: check_filters(path, name, filters_of(self.h5[name])) for name in spec.variables}
+        self.deflate = deflater(spec.deflate)
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="chunk-deflate")
         self.pending: deque = deque()
         self.limit = 2 * max(1, threads)
@@ -294,7 +314,7 @@ class BandSink:
     def _encode(self, name: str, block: np.ndarray) -> bytes:
         with self.clock("compress"):
             packed = self.spec.pack(name, block)
-            return encode_chunk(packed, self.spec.chunks, self.spec.fill, self.filters[name])
+            return encode_chunk(packed, self.spec.chunks, self.spec.fill, self.filters[name], self.deflate)
 
     def write(self, row: int, block: np.ndarray) -> None:
         """(planes, n, W) physical values for global rows [row, row + n), starting on a chunk row;
