@@ -46,7 +46,7 @@ def reuse_heap() -> bool:
     By default glibc maps each allocation above its mmap threshold (32 MB at most) afresh and
     unmaps it on free: every tile batch's activations, conditions and accumulators then fault in
     new zeroed pages, which cost as much kernel time as the model's own arithmetic (measured on
-    a demo cascade scene: 27 s system against 33 s user).  With mmap off and a large trim
+    a 352² cascade scene: 27 s system against 33 s user).  With mmap off and a large trim
     threshold the same pages are reused: system time drops to ~0, peak RSS rises by the heap's
     fragmentation (~25 % there) and stays flat from one scene to the next.  The same as the
     environment ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` that ``slurm/env.sh`` exports,
