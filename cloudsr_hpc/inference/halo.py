@@ -48,8 +48,7 @@ def share_tiles(tiles: list[Tile], scale: int, bands: list[tuple[int, int]]) -> 
     """Each tile to the highest non-empty band it touches; the other bands it touches receive it."""
     plan = TilePlan()
     for t in tiles:
-        top, bottom = t.row0 * scale, (t.row0 + t.rows) * scale
-        touching = [k for k, (a, b) in enumerate(bands) if b > a and top < b and bottom > a]
+        touching = [k for k, (a, b) in enumerate(bands) if b > a and t.touches_rows(scale, a, b)]
         if touching:
             plan.owner[t], plan.receivers[t] = touching[-1], touching[:-1]
     return plan

@@ -174,7 +174,7 @@ def chunk_row_cost(tiles: list[Tile], scale: int, chunk: int, total: int) -> np.
 
 def band_tiles(tiles: list[Tile], scale: int, a: int, b: int) -> list[Tile]:
     """Tiles whose HR rows touch [a, b)."""
-    return [t for t in tiles if t.row0 * scale < b and (t.row0 + t.rows) * scale > a]
+    return [t for t in tiles if t.touches_rows(scale, a, b)]
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -361,8 +361,8 @@ class ScenePipeline:
         err = None
         try:
             if b > a:
-                self._compute_band(lr, row_offset, valid, origin, mine, plan, spec, target, a, b,
-                                   part=r.rank > 0)
+                self._compute_band(lr, row_offset, valid, origin, mine, computed[r.rank], plan, spec,
+                                   target, a, b, part=r.rank > 0)
         except PeerStopped:
             err = None  # the rank that stopped reports why
         except Exception as e:  # noqa: BLE001
@@ -451,13 +451,13 @@ class ScenePipeline:
         return r.recv_array(0), spans[r.rank][0]
 
     def _compute_band(self, lr, row_offset: int, valid, origin: tuple[int, int], tiles: list[Tile],
-                      plan: TilePlan, spec: OutputSpec, target: Path, a: int, b: int, part: bool) -> None:
-        """Blend and write rows [a, b) from ``tiles`` (those touching them): this rank computes the
-        ones ``plan`` gives it and receives the others from their owners (:mod:`.halo`)."""
+                      own: list[Tile], plan: TilePlan, spec: OutputSpec, target: Path, a: int, b: int,
+                      part: bool) -> None:
+        """Blend and write rows [a, b) from ``tiles`` (those touching them): this rank computes
+        ``own`` (those ``plan`` gives it) and receives the others from their owners (:mod:`.halo`)."""
         lo, hi = self.cascade.output_norm()
         tile_rows = max((t.rows for t in tiles), default=0)
         clock = self.runner.clock
-        own = plan.computed_by(self.ranks.rank, tiles)
         exchange = TileExchange(self.ranks, tiles, plan, len(spec.planes), self.scale, clock)
         sink = BandSink(target, spec, a, b, part, self.cfg.writer_threads, clock)
         from tqdm import tqdm

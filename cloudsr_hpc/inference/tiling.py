@@ -32,6 +32,10 @@ class Tile:
     rows: int
     cols: int
 
+    def touches_rows(self, scale: int, a: int, b: int) -> bool:
+        """Whether the tile's HR rows overlap [a, b)."""
+        return self.row0 * scale < b and (self.row0 + self.rows) * scale > a
+
 
 def plan_tiles(valid: np.ndarray, tile: int, overlap: int) -> list[Tile]:
     """Tiles over an LR validity mask (H, W), row-major, skipping those with no valid pixel."""
