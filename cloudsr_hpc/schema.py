@@ -106,6 +106,11 @@ class DataConfig:
     pair: str = "seviri_viirs"
     shards: str = "runs/pairs/seviri_viirs"
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    # training samples turned by one of the 8 rotations/reflections of the square (seeded per sample
+    # and step), before the degradation: cloud fields have no preferred orientation, so a model
+    # trained on one scene's frontal band should not learn one.  HR-only training only (Stage 2, a
+    # self-supervised pair): real LR/HR pairs carry a directional misregistration Stage 1 must learn.
+    augment: Literal["none", "dihedral"] = "none"
 
     def validate(self, where):
         require(bool(self.pair) and bool(self.shards), where, "pair and shards must not be empty")

@@ -90,15 +90,32 @@ class PairDataset(_ShardIndex):
         return {"lr": lr, "lr_mask": lr_mask, "hr": hr, "hr_mask": hr_mask, "index": i}
 
 
+# the 8 symmetries of the square as (quarter turns, mirror); a key of its own in the sample's seed,
+# so augmenting leaves the degradation's draws (and an unaugmented run) exactly as they were
+DIHEDRAL = [(k, m) for m in (False, True) for k in range(4)]
+_AUGMENT_KEY = 0xD18ED
+
+
+def dihedral(x: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """(C, H, W) turned by ``turns`` quarter turns, then mirrored left-right; a non-square patch
+    keeps its shape (odd turns become half turns)."""
+    if x.shape[-1] != x.shape[-2]:
+        turns = 2 * (turns % 2)
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns % 4 else x
+    return x.flip(-1) if mirror else x
+
+
 class DegradedHRDataset(_ShardIndex):
-    """Stage 2: HR patches from ``hr-*.h5`` and an LR synthesised on the fly."""
+    """Stage 2: HR patches from ``hr-*.h5`` and an LR synthesised on the fly; with ``augment``
+    "dihedral" each HR patch is first turned/mirrored by a symmetry drawn from (seed, step, index)."""
     kind = "hr"
 
-    def __init__(self, directory, degradation: DegradationConfig, epoch: int = 0):
+    def __init__(self, directory, degradation: DegradationConfig, epoch: int = 0, augment: str = "none"):
         super().__init__(directory)
         self.degrade = Degradation(degradation, self.scale)
         self.seed = degradation.seed
         self.epoch = epoch
+        self.augment = augment
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -110,6 +127,9 @@ class DegradedHRDataset(_ShardIndex):
         epoch = self.epoch if step is None else step
         f, j = self._locate(i)
         hr, hr_mask = _normalise(f["hr"][j], self.lo, self.hi)
+        if self.augment == "dihedral":
+            turns, mirror = DIHEDRAL[seed_from(self.seed, epoch, i, _AUGMENT_KEY) % len(DIHEDRAL)]
+            hr, hr_mask = (dihedral(a, turns, mirror).contiguous() for a in (hr, hr_mask))
         g = torch.Generator().manual_seed(seed_from(self.seed, epoch, i))
         lr, lr_mask, params = self.degrade(hr, hr_mask, g)
         return {"lr": lr, "lr_mask": lr_mask, "hr": hr, "hr_mask": hr_mask, "index": i,

@@ -25,7 +25,7 @@ from ..core.seeds import seed_from
 from ..data.datasets import DegradedHRDataset, PairDataset, collate_samples
 from ..data.degradations import blur
 from ..data.sensors import load_registry
-from ..errors import CloudSRError, InputError
+from ..errors import CloudSRError, ConfigError, InputError
 from ..models.backbones import backbone_class, build_model
 from ..models.cascade import predict_x0, upsample_condition
 from ..models.diffusion import GlobalNoise, ResShift, sampler_spec
@@ -69,8 +69,13 @@ def make_dataset(cfg: StageConfig, split: str):
     """Stage 2 learns from HR patches and their synthetic degradation; so do Stage 1 and the
     regression baseline of a single-sensor (self-supervised) pair, which has no real LR/HR pairs."""
     d = Path(cfg.data.shards) / split
+    augment = cfg.data.augment if split == "train" else "none"  # validation scores the patches as stored
     if cfg.stage == 2 or load_registry().pair(cfg.data.pair).self_supervised:
-        return DegradedHRDataset(d, cfg.data.degradation)
+        return DegradedHRDataset(d, cfg.data.degradation, augment=augment)
+    if cfg.data.augment != "none":
+        raise ConfigError(f"data.augment: {cfg.data.augment} needs HR-only training (Stage 2 or a "
+                          f"self-supervised pair); the real LR/HR pairs of {cfg.data.pair} carry a "
+                          f"directional misregistration that Stage {cfg.stage} must learn")
     return PairDataset(d)
 
 
