@@ -121,9 +121,9 @@ def run(args, step: Step) -> int:
 
 def run_real(args, step: Step) -> int:
     """A single-sensor pair on real files (``--pair abi_abi --archive ../shared/data/abi-real``):
-    HR shards cut from the archive's scenes and split by space -> Stage 2 and the regression
-    baseline trained on them (self-supervised: LR = degraded HR) -> the latest scene read to
-    canonical NetCDF and super-resolved x scale -> the held-out (val) blocks scored."""
+    HR shards cut from the archive's scenes and split by space -> the latest scene read to canonical
+    NetCDF (``--bbox``) -> Stage 2 and the regression baseline trained on the shards (self-supervised:
+    LR = degraded HR) -> the scene super-resolved x scale -> the held-out (val) blocks scored."""
     if not args.archive:
         raise CloudSRError(f"demo --pair {args.pair}: a single-sensor pair needs --archive (real files)")
     from .data.index import ArchiveIndex
@@ -138,6 +138,15 @@ def run_real(args, step: Step) -> int:
                                                "--out", str(shards), "--config", "pairs_abi.yaml",
                                                         "--sensors", args.sensors]):
         return 2
+    # the scene first: a box off it (another satellite's archive) fails in seconds, not after training
+    scene_files = ArchiveIndex(archive, reg).between(pair.hr, pair.hr_formats, dt.datetime.min,
+                                                     dt.datetime.max)[-1]
+    scene = root / "scenes" / f"{pair.hr}_{scene_files.time:%Y%m%dT%H%M}.nc"
+    bbox = [str(v) for v in args.bbox] if args.bbox else []
+    if not scene.exists() and step(["read", *map(str, scene_files.files), "--sensor", pair.hr, "--out",
+                                    str(scene), "--channels", *pair.hr_channels, "--sensors", args.sensors]
+                                   + (["--bbox", *bbox] if bbox else [])):
+        return 2
     n = args.steps if args.steps != DEMO_STEPS else REAL_DEMO_STEPS
     steps = lambda k: [f"train.steps={k}", f"train.ckpt_every={k}"]  # noqa: E731
     # Stage 2 starts from the regression (a good mean) and learns the texture on top: measured
@@ -147,14 +156,6 @@ def run_real(args, step: Step) -> int:
         ("stage2", "stage2_abi.yaml",
          steps(max(1, n // 2)) + [f"init_from={runs / 'regression' / 'export' / 'model.pt'}"])],
         args.pair)
-    scene_files = ArchiveIndex(archive, reg).between(pair.hr, pair.hr_formats, dt.datetime.min,
-                                                     dt.datetime.max)[-1]
-    scene = root / "scenes" / f"{pair.hr}_{scene_files.time:%Y%m%dT%H%M}.nc"
-    bbox = [str(v) for v in args.bbox] if args.bbox else []
-    if not scene.exists() and step(["read", *map(str, scene_files.files), "--sensor", pair.hr, "--out",
-                                    str(scene), "--channels", *pair.hr_channels, "--sensors", args.sensors]
-                                   + (["--bbox", *bbox] if bbox else [])):
-        return 2
     infer_dir = root / "infer"
     if not list(infer_dir.glob("cloudsr_*.nc")):
         cmd = [sys.executable, "-m", "cloudsr_hpc.infer", "--input", str(scene), "--out", str(infer_dir),

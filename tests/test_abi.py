@@ -285,6 +285,9 @@ BAD = {
                      "C13 not readable"),
     "truncated": (_truncated, [], "abi reader failed"),
     "no valid pixel": (_all_fill, [], "channel C04 has no valid pixel"),
+    # GOES-East's longitudes on a GOES-West (PACUS) scene: the extent named, across the antimeridian
+    "box off the scene": (lambda tmp: _files("*RadC-M6C16_*.nc"), ["--bbox", "-80", "30", "-70", "40"],
+                          "box -80 30 -70 40 does not overlap the scene (GOES-West: lon 175.6..-90.2"),
 }
 
 

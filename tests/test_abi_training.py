@@ -164,3 +164,19 @@ def test_cascade_leaves_a_channel_without_input_as_fill_per_pixel(abi_models):
     pred, m = casc(lr * mask, mask, [(0, 0)])
     assert torch.isnan(pred[:, :2, :, 32:]).all() and torch.isfinite(pred[:, :2, :, :32]).all()
     assert torch.isfinite(pred[:, 2:]).all() and bool((m > 0).all())
+
+
+def test_real_demo_with_a_box_off_the_scene_stops_before_training(abi_shards, tmp_path):
+    """Another satellite's archive and the default box: one line naming the scene's extent, exit 2,
+    no scene file and no training started (the scene is read before the models are trained)."""
+    shards, _ = abi_shards
+    out = tmp_path / "demo"
+    (out / "pairs").mkdir(parents=True)
+    (out / "pairs" / "abi_abi").symlink_to(shards)  # the demo keeps shards that exist
+    p = run_cli("demo", "--pair", "abi_abi", "--archive", ABI, "--out", out,
+                "--bbox", "-80", "30", "-70", "40")
+    assert p.returncode == 2, p.stderr[-2000:]
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "does not overlap the scene (GOES-West" in errors[0], p.stderr[-2000:]
+    assert not (out / "scenes").exists() or not any((out / "scenes").iterdir())
+    assert not (out / "runs").exists()

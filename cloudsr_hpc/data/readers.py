@@ -251,6 +251,29 @@ def mask_night(ds: xr.Dataset, sensor: Sensor, when, grid: GeosGrid | None) -> l
     return [c for c in refl if c in masked]
 
 
+def _lon_range(lon: np.ndarray) -> str:
+    """'west..east' of longitudes, across the antimeridian when that is the shorter way round."""
+    east = lon % 360  # 0..360: a sector across 180 E/W is contiguous here
+    if np.ptp(east) < np.ptp(lon):
+        return f"{(east.min() + 180) % 360 - 180:.1f}..{(east.max() + 180) % 360 - 180:.1f}"
+    return f"{lon.min():.1f}..{lon.max():.1f}"
+
+
+def _crop(scn, bbox: tuple[float, float, float, float], channel: str, where: str):
+    """The scene cropped to a lon/lat box; a box off the scene's area is an InputError saying so
+    (pyresample answers a bare NotImplementedError when the two do not overlap)."""
+    try:
+        return scn.crop(ll_bbox=bbox)
+    except NotImplementedError:
+        area = scn[channel].attrs["area"]
+        lon, lat = (np.asarray(v)[::10, ::10] for v in area.get_lonlats())
+        ok = np.isfinite(lon) & np.isfinite(lat)
+        extent = (f"lon {_lon_range(lon[ok])}, lat {lat[ok].min():.1f}..{lat[ok].max():.1f}" if ok.any()
+                  else "no pixel on the Earth")
+        raise InputError(f"{where}: the lon/lat box {' '.join(f'{v:g}' for v in bbox)} does not overlap the "
+                         f"scene ({area.area_id}: {extent})") from None
+
+
 def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str],
                channels: list[str] | None = None,
                lonlat_bbox: tuple[float, float, float, float] | None = None) -> xr.Dataset:
@@ -277,11 +300,13 @@ def read_files(files: list[str | Path], sensor: Sensor, fmt: str | list[str],
         loaded = scn
         with dask.config.set(scheduler="synchronous"):
             if sensor.kind == "geostationary" and lonlat_bbox is not None:
-                scn = scn.crop(ll_bbox=lonlat_bbox)
+                scn = _crop(scn, lonlat_bbox, channels[0], where)
             if sensor.kind == "geostationary" and len({scn[c].attrs["area"].width for c in channels}) > 1:
                 scn = scn.resample(scn.finest_area(channels), resampler="native")  # one grid for all channels
             values = {c: scn[c].values for c in channels}
         del loaded
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"{where}: cannot decode data "
                          f"({e.__class__.__name__}: {one_line(e)[:300]})") from None
