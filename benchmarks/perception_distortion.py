@@ -65,7 +65,13 @@ def main(argv=None) -> int:
 
     from cloudsr_hpc.config import load
     from cloudsr_hpc.data.sensors import load_registry
-    from cloudsr_hpc.evaluation.protocol import Bicubic, held_out_dataset, load_methods, renorm
+    from cloudsr_hpc.evaluation.protocol import (
+        Bicubic,
+        _hr_quantities,
+        held_out_dataset,
+        load_methods,
+        renorm,
+    )
     from cloudsr_hpc.schema import EvaluateConfig
     runs = Path(args.runs)
     cfg = load(EvaluateConfig, "evaluate.yaml", [
@@ -75,8 +81,8 @@ def main(argv=None) -> int:
     methods, _ = load_methods(cfg)
     val = held_out_dataset(cfg, methods)
     chans = list(val.attrs["hr_channels"])
-    sensor = load_registry().sensor(load_registry().pair(val.attrs["pair"]).hr)
-    ir = [i for i, c in enumerate(chans) if sensor.channel(c).quantity == "brightness_temperature"]
+    quantities, _ = _hr_quantities(load_registry(), val.attrs["pair"], chans)
+    ir = [i for i, q in enumerate(quantities) if q == "brightness_temperature"]
     norm_lr, norm_hr = (val.lo_lr, val.hi_lr), (val.lo, val.hi)
     reg, s2 = methods["regression"], methods["stage2"]
     bic = Bicubic(val.scale, norm_hr, s2.lr_channels, chans)

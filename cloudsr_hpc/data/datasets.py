@@ -101,7 +101,7 @@ def dihedral(x: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
     keeps its shape (odd turns become half turns)."""
     if x.shape[-1] != x.shape[-2]:
         turns = 2 * (turns % 2)
-    x = torch.rot90(x, turns, dims=(-2, -1)) if turns % 4 else x
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
     return x.flip(-1) if mirror else x
 
 
